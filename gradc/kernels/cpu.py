@@ -1,0 +1,692 @@
+"""kernels stage: print a :class:`~gradc.derivation.program.Derivation` as a
+Python module of Numba ``@njit`` kernels for the CPU.
+
+Every shape is printed as a literal, so LLVM unrolls and vectorises small
+layers; a product big enough to pay for it goes to BLAS (``np.dot`` with an
+``out=`` buffer, chosen at run time from the batch size). Every buffer is
+allocated once by the Program and passed in, so the epoch loop never allocates.
+
+The module holds four kernels::
+
+    forward(n, inv_n, params…, data…, values…) -> mean loss
+    backward(n, inv_n, params…, data…, values…, deltas…, grads…)
+    update(hp, t, scale, [param, grad, state…] per parameter) -> all finite?
+    train(start, stop, …) -> (status, step)   a whole epoch, shuffle included
+
+Identifiers are chosen here (``p0``, ``v3``, ``d7``, ``g1``); user symbol names
+appear only in comments, sanitised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from ..derivation.program import Derivation
+from ..errors import GradcError
+from ..graph.nodes import BatchSum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
+from ..spec.optimizers import UpdateRule
+from .scalar_printer import ScalarPrinter
+
+__all__ = ["CpuKernels", "print_cpu", "BLAS_MIN_MACS", "BLAS_MIN_TOTAL"]
+
+# A product goes to BLAS when one sample costs at least BLAS_MIN_MACS
+# multiply-adds and the whole batch at least BLAS_MIN_TOTAL; below that the
+# call overhead of BLAS (~1 µs) is more than literal-shape loops cost.
+BLAS_MIN_MACS = 256
+BLAS_MIN_TOTAL = 32768
+
+
+def comment_text(text: str) -> str:
+    """User text made safe for a one-line comment."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:160]
+
+
+class _Lines:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, text: str = "") -> None:
+        self.lines.append(("    " * self.depth + text) if text else "")
+
+    def indent(self):
+        lines = self
+
+        class _Block:
+            def __enter__(self):
+                lines.depth += 1
+
+            def __exit__(self, *exc):
+                lines.depth -= 1
+
+        return _Block()
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+@dataclass
+class Buffer:
+    name: str
+    node: Node
+    batched: bool
+    shape: tuple[int, int]  # per-sample (rows, cols); batched buffers are (N, rows*cols)
+    role: str  # "value" | "delta"
+
+
+@dataclass
+class CpuKernels:
+    """The printed forward/backward module and what the Program needs to call it."""
+
+    printer: CpuPrinter
+    module_source: str
+    source: dict[str, str]
+    buffers: list[Buffer]
+    forward_args: list[str]
+    backward_args: list[str]
+    output_view: tuple[str, bool] | None  # (storage name, transposed) for predict
+    float32: bool
+
+    def optimizer(self, rule: UpdateRule, model_module: str) -> OptimizerKernels:
+        """The update and training kernels for one optimizer rule."""
+        return self.printer.optimizer(rule, self, model_module)
+
+
+@dataclass
+class OptimizerKernels:
+    module_source: str
+    source: dict[str, str]
+    update_args: list[str]
+    train_args: list[str]
+
+
+class CpuPrinter:
+    """Prints node statements; one ``_print_<Kind>`` method per node kind."""
+
+    def __init__(self, deriv: Derivation, dtype: str):
+        self.deriv = deriv
+        self.float32 = dtype == "float32"
+        self.scalar = ScalarPrinter(float32=self.float32)
+        self.names: dict[int, str] = {}
+        self.consts: list[tuple[str, np.ndarray]] = []
+        self.buffers: list[Buffer] = []
+        self.comment_names: dict[int, str] = {}
+        self._name_everything()
+
+    # -- naming --------------------------------------------------------------
+    def _name_everything(self) -> None:
+        g = self.deriv.graph
+        for k, p in enumerate(g.params):
+            self.names[p.id] = f"p{k}"
+        for k, x in enumerate(g.inputs):
+            self.names[x.id] = f"x{k}"
+        for k, y in enumerate(g.targets):
+            self.names[y.id] = f"y{k}"
+        owned: dict[int, int] = {}
+        for k, gn in enumerate(self.deriv.grads):
+            if gn is not None and self._can_own(gn) and gn.id not in owned:
+                owned[gn.id] = k
+        v = 0
+        for node in self.deriv.forward:
+            if node.id in self.names or isinstance(node, Transpose):
+                continue
+            if isinstance(node, Leaf):
+                self._name_leaf(node)
+                continue
+            name = f"v{v}"
+            v += 1
+            self.names[node.id] = name
+            self.buffers.append(Buffer(name, node, node.batched, node.shape, "value"))
+        d = 0
+        for node in self.deriv.backward:
+            if node.id in self.names or isinstance(node, Transpose):
+                continue
+            if isinstance(node, Leaf):
+                self._name_leaf(node)
+                continue
+            if node.id in owned:
+                self.names[node.id] = f"g{owned[node.id]}"
+                continue
+            name = f"d{d}"
+            d += 1
+            self.names[node.id] = name
+            self.buffers.append(Buffer(name, node, node.batched, node.shape, "delta"))
+        self._label_for_comments()
+
+    def _can_own(self, node: Node) -> bool:
+        return (
+            not node.batched
+            and not isinstance(node, (Leaf, Transpose))
+            and node in self.deriv.backward
+        )
+
+    def _name_leaf(self, node: Leaf) -> None:
+        if node.role == "seed":
+            self.names[node.id] = "inv_n"
+        elif node.role == "const":
+            name = f"C{len(self.consts)}"
+            self.consts.append((name, np.asarray(node.value, dtype=float)))
+            self.names[node.id] = name
+        else:
+            raise GradcError(f"leaf {node.label!r} ({node.role}) is not part of the spec")
+
+    def _label_for_comments(self) -> None:
+        """Human names: z1/a1 for layers, δ for adjoints, user names for leaves."""
+        layer = 0
+        for node in self.deriv.forward:
+            if isinstance(node, Leaf):
+                self.comment_names[node.id] = comment_text(node.label or node.role)
+            elif isinstance(node, Map) and node.elementwise is not None:
+                layer += 1
+                self.comment_names[node.id] = f"a{layer}"
+                pre = node.args[0]
+                if pre.id not in self.comment_names or self.comment_names[pre.id].startswith("t"):
+                    self.comment_names[pre.id] = f"z{layer}"
+            elif node.id not in self.comment_names:
+                self.comment_names[node.id] = f"t{len(self.comment_names)}"
+        self.comment_names[self.deriv.seed.id] = self.deriv.seed.label
+        if self.deriv.graph.loss.id in self.comment_names:
+            self.comment_names[self.deriv.graph.loss.id] = "L"
+        for node in self.deriv.forward:
+            if isinstance(node, Transpose):
+                self.comment_names[node.id] = self.cname(node.args[0]) + "ᵀ"
+        inverse = {d.id: f for f, d in self.deriv.delta_of.items()}
+        fwd = {n.id: n for n in self.deriv.forward}
+        for node in self.deriv.backward:
+            f = inverse.get(node.id)
+            if f is not None and f in fwd:
+                self.comment_names[node.id] = f"δ{self.cname(fwd[f])}"
+            elif isinstance(node, Transpose):
+                self.comment_names[node.id] = self.cname(node.args[0]) + "ᵀ"
+            else:
+                self.comment_names[node.id] = f"u{len(self.comment_names)}"
+        for k, gn in enumerate(self.deriv.grads):
+            if gn is not None:
+                p = self.deriv.graph.params[k]
+                self.comment_names[gn.id] = f"∂L/∂{comment_text(p.label)}"
+
+    def cname(self, node: Node) -> str:
+        return self.comment_names.get(node.id, "?")
+
+    def name(self, node: Node) -> str:
+        return self.names[node.id]
+
+    # -- element access --------------------------------------------------------
+    def elem(self, node: Node, i: str, r, c) -> str:
+        if isinstance(node, Transpose):
+            return self.elem(node.args[0], i, c, r)
+        if isinstance(node, Leaf) and node.role == "seed":
+            return "inv_n" if node.batched else self.scalar._num(1)
+        name = self.name(node)
+        if node.batched:
+            flat = r if node.shape[1] == 1 else c
+            return f"{name}[{i}, {flat}]"
+        return f"{name}[{r}, {c}]"
+
+    def blas_operand(self, node: Node) -> str:
+        if isinstance(node, Transpose):
+            inner = node.args[0]
+            if inner.batched:
+                return self.blas_operand(inner)
+            return self.blas_operand(inner) + ".T"
+        name = self.name(node)
+        return f"{name}[:n]" if node.batched else name
+
+    @staticmethod
+    def _loops(out: _Lines, shape, names=("r", "c")):
+        """Open loops over a per-sample shape; returns index strings and depth added."""
+        idx, depth = [], 0
+        for extent, nm in zip(shape, names):
+            if extent == 1:
+                idx.append("0")
+            else:
+                out(f"for {nm} in range({extent}):")
+                out.depth += 1
+                depth += 1
+                idx.append(nm)
+        return idx[0], idx[1], depth
+
+    # -- statements ----------------------------------------------------------
+    def statement(self, out: _Lines, node: Node) -> None:
+        method = getattr(self, f"_print_{type(node).__name__}", None)
+        if method is None:
+            raise GradcError(f"no CPU kernel form for node kind {type(node).__name__}")
+        method(out, node)
+
+    def _describe(self, node: Node) -> str:
+        text = node.formula(self.cname)
+        dims = f"{node.shape[0]}×{node.shape[1]}"
+        return comment_text(f"{self.cname(node)} = {text}   ({dims}{', per sample' if node.batched else ''})")
+
+    def _print_Map(self, out: _Lines, node: Map) -> None:
+        out(f"# {self._describe(node)}")
+        syms = [sp.Symbol(f"a{k}") for k in range(len(node.args))]
+        body = node.fn.expr.xreplace(dict(zip(node.fn.variables, syms)))
+        temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
+        depth = 0
+        if node.batched:
+            out("for i in range(n):")
+            out.depth += 1
+            depth += 1
+        r, c, d = self._loops(out, node.shape)
+        depth += d
+        for s, a in zip(syms, node.args):
+            if a.is_scalar:
+                out(f"{s} = {self.elem(a, 'i', 0, 0)}")
+            else:
+                out(f"{s} = {self.elem(a, 'i', r, c)}")
+        for t, e in temps:
+            out(f"{t} = {self.scalar.doprint_expr(e)}")
+        out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
+        out.depth -= depth
+
+    def _print_SumAll(self, out: _Lines, node: SumAll) -> None:
+        out(f"# {self._describe(node)}")
+        (a,) = node.args
+        if node.batched:
+            out("for i in range(n):")
+            out.depth += 1
+        out(f"acc = {self.scalar._num(0)}")
+        r, c, d = self._loops(out, a.shape)
+        out(f"acc += {self.elem(a, 'i', r, c)}")
+        out.depth -= d
+        out(f"{self.elem(node, 'i', 0, 0)} = acc")
+        if node.batched:
+            out.depth -= 1
+
+    def _print_LogSumExp(self, out: _Lines, node: LogSumExp) -> None:
+        out(f"# {self._describe(node)}   (max subtracted first: no overflow)")
+        (a,) = node.args
+        if node.batched:
+            out("for i in range(n):")
+            out.depth += 1
+        out(f"big = {self.elem(a, 'i', 0, 0)}")
+        r, c, d = self._loops(out, a.shape)
+        out(f"big = max(big, {self.elem(a, 'i', r, c)})")
+        out.depth -= d
+        out(f"acc = {self.scalar._num(0)}")
+        r, c, d = self._loops(out, a.shape)
+        out(f"acc += math.exp({self.elem(a, 'i', r, c)} - big)")
+        out.depth -= d
+        out(f"{self.elem(node, 'i', 0, 0)} = big + math.log(acc)")
+        if node.batched:
+            out.depth -= 1
+
+    def _print_BatchSum(self, out: _Lines, node: BatchSum) -> None:
+        out(f"# {self._describe(node)}")
+        (a,) = node.args
+        zero = self.scalar._num(0)
+        r, c, d = self._loops(out, node.shape)
+        out(f"{self.elem(node, 'i', r, c)} = {zero}")
+        out.depth -= d
+        out("for i in range(n):")
+        with out.indent():
+            r, c, d = self._loops(out, node.shape)
+            out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
+            out.depth -= d
+
+    def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
+        out(f"# {self._describe(node)}")
+        a, b = node.args
+        R, K, C = a.shape[0], a.shape[1], b.shape[1]
+        macs = R * K * C
+        blas = macs >= BLAS_MIN_MACS
+        per_batch = node.batched or node.contract
+        if blas:
+            cond = f"n * {macs} >= {BLAS_MIN_TOTAL}" if per_batch else "True"
+            out(f"if {cond}:")
+            with out.indent():
+                out(self._blas_call(node))
+            out("else:")
+            out.depth += 1
+        self._loop_product(out, node)
+        if blas:
+            out.depth -= 1
+
+    def _blas_call(self, node: MatMul) -> str:
+        a, b = node.args
+        o = self.blas_operand(node)
+        if node.contract:  # Σₙ aₙ bₙ = A[:n]ᵀ · B[:n]
+            return f"np.dot({self.blas_operand(a)}.T, {self.blas_operand(b)}, {o})"
+        if node.batched and not a.batched:  # rows: out[i] = A · b[i]  →  B[:n] · Aᵀ
+            return f"np.dot({self.blas_operand(b)}, {_transposed(self.blas_operand(a))}, {o})"
+        if node.batched and not b.batched:  # rows: out[i] = a[i] · B
+            return f"np.dot({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
+        return f"np.dot({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
+
+    def _loop_product(self, out: _Lines, node: MatMul) -> None:
+        a, b = node.args
+        R, K, C = a.shape[0], a.shape[1], b.shape[1]
+        zero = self.scalar._num(0)
+        if node.contract:
+            # outer products summed over the batch; the inner loop runs along a row
+            r, c, d = self._loops(out, (R, C))
+            out(f"{self.elem(node, 'i', r, c)} = {zero}")
+            out.depth -= d
+            out("for i in range(n):")
+            with out.indent():
+                r, _, d1 = self._loops(out, (R, 1))
+                out(f"av = {self.elem(a, 'i', r, 0)}")
+                _, c, d2 = self._loops(out, (1, C))
+                out(f"{self.elem(node, 'i', r, c)} += av * {self.elem(b, 'i', 0, c)}")
+                out.depth -= d1 + d2
+            return
+        if node.batched:
+            out("for i in range(n):")
+            out.depth += 1
+        r, c, d = self._loops(out, (R, C))
+        out(f"acc = {zero}")
+        if K == 1:
+            out(f"acc += {self.elem(a, 'i', r, 0)} * {self.elem(b, 'i', 0, c)}")
+        else:
+            out(f"for k in range({K}):")
+            with out.indent():
+                out(f"acc += {self.elem(a, 'i', r, 'k')} * {self.elem(b, 'i', 'k', c)}")
+        out(f"{self.elem(node, 'i', r, c)} = acc")
+        out.depth -= d
+        if node.batched:
+            out.depth -= 1
+
+    def _print_Transpose(self, out: _Lines, node: Transpose) -> None:
+        pass  # a view: readers index the argument directly
+
+    def _print_Leaf(self, out: _Lines, node: Leaf) -> None:
+        pass
+
+    # -- kernels -------------------------------------------------------------
+    def data_names(self) -> list[str]:
+        g = self.deriv.graph
+        return [self.name(x) for x in g.inputs] + [self.name(y) for y in g.targets]
+
+    def param_names(self) -> list[str]:
+        return [f"p{k}" for k in range(len(self.deriv.graph.params))]
+
+    def grad_names(self) -> list[str]:
+        return [f"g{k}" for k in range(len(self.deriv.graph.params))]
+
+    def value_names(self) -> list[str]:
+        return [b.name for b in self.buffers if b.role == "value"]
+
+    def delta_names(self) -> list[str]:
+        return [b.name for b in self.buffers if b.role == "delta"]
+
+    def forward_kernel(self) -> tuple[str, list[str]]:
+        args = ["n", "inv_n", *self.param_names(), *self.data_names(), *self.value_names()]
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def forward({', '.join(args)}):")
+        with out.indent():
+            out('"""Forward pass over a batch of n samples; returns the mean loss."""')
+            for node in self.deriv.forward:
+                self.statement(out, node)
+            loss = self.deriv.graph.loss
+            if loss.batched:
+                out("total = 0.0")
+                out("for i in range(n):")
+                with out.indent():
+                    out(f"total += {self.elem(loss, 'i', 0, 0)}")
+                out("return total * inv_n")
+            else:
+                out(f"return {self.elem(loss, 'i', 0, 0)} * 1.0")
+        return out.text(), args
+
+    def backward_kernel(self) -> tuple[str, list[str]]:
+        args = [
+            "n",
+            "inv_n",
+            *self.param_names(),
+            *self.data_names(),
+            *self.value_names(),
+            *self.delta_names(),
+            *self.grad_names(),
+        ]
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def backward({', '.join(args)}):")
+        with out.indent():
+            out(
+                '"""Backward pass (strategy: '
+                + self.deriv.strategy
+                + '): every δ once, gradients averaged over the batch."""'
+            )
+            for node in self.deriv.backward:
+                self.statement(out, node)
+            zero = self.scalar._num(0)
+            for k, gn in enumerate(self.deriv.grads):
+                p = self.deriv.graph.params[k]
+                if gn is not None and self.names.get(gn.id) == f"g{k}":
+                    continue
+                out(f"# ∂L/∂{comment_text(p.label)}" + (" = 0: the loss does not depend on it" if gn is None else ""))
+                r, c, d = self._loops(out, p.shape)
+                value = zero if gn is None else self.elem(gn, "0", r, c)
+                out(f"g{k}[{r}, {c}] = {value}")
+                out.depth -= d
+            out("return 0")
+        return out.text(), args
+
+    def update_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
+        params = self.deriv.graph.params
+        args = ["hp", "t", "scale"]
+        for k in range(len(params)):
+            args += [f"p{k}", f"g{k}"] + [f"s{k}_{j}" for j in range(len(rule.state_names))]
+        theta, g = sp.Symbol("th"), sp.Symbol("gr")
+        states = [sp.Symbol(f"st{j}") for j in range(len(rule.state_names))]
+        hypers = [sp.Symbol(f"hp{j}") for j in range(len(rule.hyper_names))]
+        subs = {rule.theta: theta, rule.g: g, rule.t: sp.Symbol("t")}
+        subs.update(dict(zip(rule.state_syms, states)))
+        subs.update(dict(zip(rule.hyper_syms, hypers)))
+        targets = [subs[tgt] for tgt, _ in rule.assignments]
+        exprs = [e.xreplace(subs) for _, e in rule.assignments]
+        # parts that depend only on hyperparameters and t (Adam's 1 − β₁ᵗ) are
+        # computed once per step, outside the loops over entries
+        per_entry = {theta, g, *states}
+        hoisted_exprs: dict[sp.Expr, sp.Symbol] = {}
+
+        def hoist(e: sp.Expr) -> sp.Expr:
+            if not e.args or isinstance(e, sp.Symbol):
+                return e
+            if not (e.free_symbols & per_entry):
+                if e not in hoisted_exprs:
+                    hoisted_exprs[e] = sp.Symbol(f"h{len(hoisted_exprs)}")
+                return hoisted_exprs[e]
+            return e.func(*[hoist(a) for a in e.args])
+
+        exprs = [hoist(e) for e in exprs]
+        temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t_"), optimizations="basic")
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def update({', '.join(args)}):")
+        with out.indent():
+            out(f'"""One optimizer step on every parameter; returns False if any result is not finite."""')
+            for j, h in enumerate(hypers):
+                out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
+            for e, h in hoisted_exprs.items():
+                out(f"{h} = {self.scalar.doprint_expr(e)}")
+            out(f"check = {self.scalar._num(0)}")
+            for k, p in enumerate(params):
+                out(f"# {comment_text(p.label)}")
+                r, c, d = self._loops(out, p.shape)
+                out(f"th = p{k}[{r}, {c}]")
+                out(f"gr = g{k}[{r}, {c}] * scale")
+                for j in range(len(states)):
+                    out(f"st{j} = s{k}_{j}[{r}, {c}]")
+                for t_sym, e in temps:
+                    out(f"{t_sym} = {self.scalar.doprint_expr(e)}")
+                for tgt, e in zip(targets, reduced):
+                    out(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+                for tgt in targets:
+                    if tgt == theta:
+                        out(f"p{k}[{r}, {c}] = new_{tgt}")
+                        out(f"check += new_{tgt} * {self.scalar._num(0)}")
+                    else:
+                        j = states.index(tgt)
+                        out(f"s{k}_{j}[{r}, {c}] = new_{tgt}")
+                out.depth -= d
+            out("return check == check  # NaN only if some new value was inf or NaN")
+        return out.text(), args
+
+    def train_kernel(self, rule: UpdateRule, fwd_args, bwd_args, upd_args) -> tuple[str, list[str]]:
+        g = self.deriv.graph
+        data = self.data_names()
+        full = [n.upper() for n in data]
+        nstate = len(rule.state_names)
+        states = [f"s{k}_{j}" for k in range(len(g.params)) for j in range(nstate)]
+        args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "t0", "clip"]
+        args += full + self.param_names() + states + data
+        args += self.value_names() + self.delta_names() + self.grad_names() + ["losses", "gnorms"]
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def train({', '.join(args)}):")
+        with out.indent():
+            out('"""Steps start..stop of one epoch of mini-batches, without returning to Python.')
+            out("")
+            out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
+            out('became non-finite at that step (no update was kept for 1 and 2)."""')
+            out("if shuffle and start == 0:")
+            with out.indent():
+                out("shuffle_rows(perm, nrows, seed)")
+            out("nbatches = (nrows + bs - 1) // bs")
+            out("for step in range(start, stop):")
+            with out.indent():
+                out("lo = (step % nbatches) * bs")
+                out("n = min(bs, nrows - lo)")
+                out("inv_n = F(1.0) / F(n)")
+                if data:
+                    out("if shuffle:")
+                    with out.indent():
+                        out("for i in range(n):")
+                        with out.indent():
+                            out("row = perm[lo + i]")
+                            # explicit loops: slice assignment costs seconds of Numba compile time
+                            for leaf, name, big in zip(g.inputs + g.targets, data, full):
+                                out(f"for j in range({leaf.size}):")
+                                with out.indent():
+                                    out(f"{name}[i, j] = {big}[row, j]")
+                        for name in data:
+                            out(f"{name}b = {name}[:n]")
+                    out("else:")
+                    with out.indent():
+                        for name, big in zip(data, full):
+                            out(f"{name}b = {big}[lo:lo + n]")
+                batch = {name: f"{name}b" for name in data}
+                call = lambda fn, names: f"{fn}({', '.join(batch.get(x, x) for x in names)})"  # noqa: E731
+                out(f"loss = {call('forward', fwd_args)}")
+                out("losses[step - start] = loss")
+                out("if not math.isfinite(loss):")
+                with out.indent():
+                    out("return 1, step")
+                out(call("backward", bwd_args))
+                out("total = 0.0")
+                for k, p in enumerate(g.params):
+                    out("sq = 0.0")
+                    r, c, d = self._loops(out, p.shape)
+                    out(f"sq += g{k}[{r}, {c}] * g{k}[{r}, {c}]")
+                    out.depth -= d
+                    out(f"gnorms[step - start, {k}] = math.sqrt(sq)")
+                    out("total += sq")
+                out("if not math.isfinite(total):")
+                with out.indent():
+                    out("return 2, step")
+                out("scale = F(1.0)")
+                out("if clip > 0.0 and math.sqrt(total) > clip:")
+                with out.indent():
+                    out("scale = F(clip / math.sqrt(total))")
+                out("t = F(t0 + step - start + 1)")
+                out(f"if not {call('update', upd_args)}:")
+                with out.indent():
+                    out("return 3, step")
+            out("return 0, stop")
+        return out.text(), args
+
+    def _header(self, what: str, imports: list[str]) -> _Lines:
+        header = _Lines()
+        g = self.deriv.graph
+        header(f'"""gradc generated kernels (CPU, Numba): {what}.')
+        header("")
+        header(f"strategy: {self.deriv.strategy}; dtype: {'float32' if self.float32 else 'float64'}")
+        for p in g.params:
+            header(f"parameter {self.name(p)}: {comment_text(p.label)} {p.shape[0]}×{p.shape[1]}")
+        for x in g.inputs + g.targets:
+            header(f"{x.role} {self.name(x)}: {comment_text(x.label)} {x.shape[0]}×{x.shape[1]} per sample")
+        header('"""')
+        header("import math")
+        header("")
+        header("import numba")
+        header("import numpy as np")
+        header("")
+        for line in imports:
+            header(line)
+        header("")
+        header(f"F = np.{'float32' if self.float32 else 'float64'}")
+        return header
+
+    def model(self) -> CpuKernels:
+        fwd, fwd_args = self.forward_kernel()
+        bwd, bwd_args = self.backward_kernel()
+        header = self._header("forward and backward", [])
+        for name, value in self.consts:
+            header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
+        header("")
+        parts = {"forward": fwd, "backward": bwd}
+        text = header.text() + "\n" + "\n\n".join(parts.values())
+        g = self.deriv.graph
+        output_view = None
+        if g.output is not None:
+            node, transposed = g.output, False
+            while isinstance(node, Transpose):
+                node, transposed = node.args[0], not transposed
+            output_view = (self.elem_storage(node), transposed)
+        return CpuKernels(
+            printer=self,
+            module_source=text,
+            source=parts,
+            buffers=self.buffers,
+            forward_args=fwd_args,
+            backward_args=bwd_args,
+            output_view=output_view,
+            float32=self.float32,
+        )
+
+    def optimizer(self, rule: UpdateRule, kernels: CpuKernels, model_module: str) -> OptimizerKernels:
+        upd, upd_args = self.update_kernel(rule)
+        trn, trn_args = self.train_kernel(rule, kernels.forward_args, kernels.backward_args, upd_args)
+        header = self._header(
+            "optimizer update and fused training epoch",
+            [
+                "from gradc.kernels.runtime import shuffle_rows",
+                f"from {model_module} import backward, forward",
+            ],
+        )
+        header("")
+        parts = {"update": upd, "train": trn}
+        text = header.text() + "\n" + "\n\n".join(parts.values())
+        return OptimizerKernels(text, parts, upd_args, trn_args)
+
+    def elem_storage(self, node: Node) -> str:
+        if isinstance(node, Leaf) and node.role == "seed":
+            raise GradcError("the output cannot be the loss seed")
+        return self.name(node)
+
+
+def _transposed(operand: str) -> str:
+    return operand[:-2] if operand.endswith(".T") else operand + ".T"
+
+
+_DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
+
+
+def print_cpu(deriv: Derivation, dtype: str = "float64") -> CpuKernels:
+    """Print the kernels of a derivation for the CPU target.
+
+    >>> import sympy as sp, gradc as gc
+    >>> from gradc.graph.lower import lower
+    >>> from gradc.derivation.reverse import derive_shared
+    >>> w = sp.Symbol("w")
+    >>> k = print_cpu(derive_shared(lower(gc.Spec(w**2, params=[w]))))
+    >>> sorted(k.source)
+    ['backward', 'forward']
+    """
+    return CpuPrinter(deriv, dtype).model()

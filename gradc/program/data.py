@@ -1,0 +1,108 @@
+"""program stage: checking and converting user data and parameter dicts.
+
+Kernels see every parameter as a C-contiguous (rows, cols) array of the
+program's dtype and every data leaf as an (n, entries) array; this module turns
+what users pass (0-d scalars, (n,) columns, tuples of inputs, keys given as
+symbols or names) into that, or raises ``GradcError`` naming the culprit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..errors import GradcError
+from ..graph.nodes import Leaf
+
+__all__ = ["key_name", "param_array", "data_arrays"]
+
+
+def key_name(key) -> str:
+    """The parameter name for a dict key given as a str, Symbol or MatrixSymbol."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (sp.Symbol, sp.MatrixSymbol)):
+        return key.name
+    raise GradcError(f"parameter keys must be names or symbols, got {key!r}")
+
+
+def param_array(leaf: Leaf, value, dtype) -> np.ndarray:
+    """``value`` as a (rows, cols) array for the kernels; a view where possible."""
+    name = leaf.label
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise GradcError(f"parameter {name!r}: cannot convert {type(value).__name__} to an array") from None
+    if arr.dtype.kind not in "fiu":
+        raise GradcError(f"parameter {name!r}: expected real numbers, got dtype {arr.dtype}")
+    rows, cols = leaf.shape
+    if arr.size != rows * cols or (arr.ndim == 2 and arr.shape != (rows, cols)) or arr.ndim > 2:
+        want = "a scalar" if (rows, cols) == (1, 1) else f"shape ({rows}, {cols})"
+        raise GradcError(f"parameter {name!r} must have {want}, got shape {arr.shape}")
+    if arr.ndim == 1 and arr.size > 1 and 1 not in (rows, cols):
+        raise GradcError(f"parameter {name!r} must have shape ({rows}, {cols}), got {arr.shape}")
+    out = arr.reshape(rows, cols)
+    if out.dtype != dtype or not out.flags.c_contiguous:
+        out = np.ascontiguousarray(out, dtype=dtype)
+    return out
+
+
+def _split(kind: str, value, leaves: list[Leaf]) -> list:
+    if not leaves:
+        if value is not None:
+            raise GradcError(f"this spec has no {kind}s, but {kind} data was given")
+        return []
+    if value is None:
+        raise GradcError(f"missing {kind} data for {', '.join(repr(x.label) for x in leaves)}")
+    if len(leaves) == 1:
+        return [value]
+    if not isinstance(value, (tuple, list)) or len(value) != len(leaves):
+        raise GradcError(
+            f"this spec has {len(leaves)} {kind}s ({', '.join(x.label for x in leaves)}): "
+            f"pass a tuple of {len(leaves)} arrays in that order"
+        )
+    return list(value)
+
+
+def _one(leaf: Leaf, value, dtype) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise GradcError(f"{leaf.role} {leaf.label!r}: data is not numeric") from None
+    size = leaf.size
+    if arr.ndim == 1 and size == 1:
+        arr = arr.reshape(-1, 1)
+    elif arr.ndim == 3 and arr.shape[1:] in ((leaf.shape[0], leaf.shape[1]),):
+        arr = arr.reshape(arr.shape[0], size)
+    if arr.ndim != 2 or arr.shape[1] != size:
+        want = "(n,) or (n, 1)" if size == 1 else f"(n, {size})"
+        raise GradcError(
+            f"{leaf.role} {leaf.label!r} has {leaf.shape[0]}×{leaf.shape[1]} entries per sample: "
+            f"data must have shape {want} (one sample per row), got {np.shape(value)}"
+        )
+    if arr.shape[0] == 0:
+        raise GradcError(f"{leaf.role} {leaf.label!r}: the data set is empty")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise GradcError(f"{leaf.role} {leaf.label!r} contains NaN or inf (first in row {bad})")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def data_arrays(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_targets=True):
+    """Per-leaf (n, entries) arrays, in the order inputs then targets, and n."""
+    xs = _split("input", X, inputs)
+    if need_targets or Y is not None:
+        ys = _split("target", Y, targets)
+    else:
+        ys = [np.zeros((1, t.size)) for t in targets]
+    arrays = [_one(leaf, v, dtype) for leaf, v in zip(inputs, xs)]
+    if need_targets or Y is not None:
+        arrays += [_one(leaf, v, dtype) for leaf, v in zip(targets, ys)]
+    rows = {a.shape[0] for a in arrays}
+    if len(rows) > 1:
+        sizes = ", ".join(f"{leaf.label}: {a.shape[0]}" for leaf, a in zip(inputs + targets, arrays))
+        raise GradcError(f"inputs and targets have different numbers of samples ({sizes})")
+    n = rows.pop() if rows else 1
+    if not (need_targets or Y is not None):
+        arrays += [np.zeros((n, t.size), dtype=dtype) for t in targets]
+    return arrays, n

@@ -1,0 +1,45 @@
+"""program stage: what ``fit`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["History"]
+
+
+@dataclass
+class History:
+    """The record of one ``fit``.
+
+    Attributes
+    ----------
+    loss : ndarray
+        One entry per update step: the loss of the batch the step used, before the step.
+    epoch_loss : ndarray
+        One entry per epoch (mean per-sample loss over the epoch's batches); empty without data.
+    path : list of dict
+        Parameter values, the starting point first, when ``record_path=True``.
+    grad_norms : dict[str, ndarray]
+        Per parameter, the L2 norm of its gradient at each step (before clipping).
+    seconds : float
+        Wall time of the training loop.
+    samples : int
+        Samples processed (for speed reports).
+    """
+
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    epoch_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    path: list = field(default_factory=list)
+    grad_norms: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    samples: int = 0
+
+    @property
+    def steps(self) -> int:
+        return int(self.loss.size)
+
+    def __repr__(self) -> str:
+        last = f", last loss {self.loss[-1]:.6g}" if self.loss.size else ""
+        return f"History({self.steps} steps, {self.epoch_loss.size} epochs{last})"

@@ -1,0 +1,420 @@
+"""program stage: the runtime object users hold.
+
+A ``Program`` owns arrays, compiled kernels and caches — not mathematics. Each
+public method converts data layout, calls a kernel and returns the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..derivation.program import Derivation
+from ..errors import GradcError
+from ..graph.lower import Graph
+from ..kernels.cache import load_module
+from ..kernels.cpu import CpuKernels
+from ..spec.model import Spec
+from ..spec.optimizers import SGD, Optimizer
+from .data import data_arrays, key_name, param_array
+from .history import History
+from .init import initial_values
+
+__all__ = ["Program"]
+
+_STATUS = {
+    1: "the loss became non-finite",
+    2: "a gradient became non-finite",
+    3: "the update made a parameter non-finite",
+}
+
+
+class Program:
+    """A compiled spec: ``init``, ``loss``, ``predict``, ``value_and_grad``, ``grad``, ``fit``.
+
+    >>> import sympy as sp, gradc as gc
+    >>> w1, w2 = sp.symbols("w1 w2")
+    >>> prog = gc.compile(w1**2 + w2**2 + 2*w2 + 5, params=[w1, w2])
+    >>> params = prog.init({w1: -2.0, w2: 3.0})
+    >>> round(prog.loss(params), 6)
+    24.0
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        graph: Graph,
+        derivation: Derivation,
+        kernels: CpuKernels,
+        *,
+        target: str,
+        dtype: str,
+        optimizer: Optimizer | None,
+        derive_seconds: float,
+    ):
+        self.spec = spec
+        self.graph = graph
+        self.derivation = derivation
+        self.kernels = kernels
+        self.target = target
+        self.dtype = np.dtype(dtype)
+        self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
+        if not isinstance(self.optimizer, Optimizer):
+            raise GradcError(f"optimizer must be a gc.Optimizer, got {self.optimizer!r}")
+        self.strategy = derivation.strategy
+        self.timings: dict[str, float] = {"derive": derive_seconds}
+        self._module = None
+        self._opt_modules: dict[tuple, tuple] = {}
+        self._workspaces: dict[int, dict[str, np.ndarray]] = {}
+        self._param_names = [p.label for p in graph.params]
+
+    # -- kernels ---------------------------------------------------------------
+    @property
+    def module(self):
+        if self._module is None:
+            start = time.perf_counter()
+            self._module = load_module(self.kernels.module_source)
+            self.timings["load"] = time.perf_counter() - start
+        return self._module
+
+    def _optimizer_module(self, opt: Optimizer):
+        key = opt.key()
+        found = self._opt_modules.get(key)
+        if found is None:
+            okern = self.kernels.optimizer(opt.update_rule, self.module.__name__)
+            found = (okern, load_module(okern.module_source))
+            self._opt_modules[key] = found
+        return found
+
+    @property
+    def source(self) -> dict[str, str]:
+        """Generated kernel sources: ``forward``, ``backward``, ``update``, ``train``."""
+        out = dict(self.kernels.source)
+        okern, _ = self._optimizer_module(self.optimizer)
+        out.update(okern.source)
+        return out
+
+    def _timed_call(self, name: str, fn, args):
+        if name in self.timings:
+            return fn(*args)
+        start = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = time.perf_counter() - start
+        return result
+
+    def _workspace(self, capacity: int) -> dict[str, np.ndarray]:
+        ws = self._workspaces.get(capacity)
+        if ws is None:
+            if len(self._workspaces) > 4:
+                self._workspaces.clear()
+            ws = {}
+            for b in self.kernels.buffers:
+                shape = (capacity, b.shape[0] * b.shape[1]) if b.batched else b.shape
+                ws[b.name] = np.zeros(shape, dtype=self.dtype)
+            self._workspaces[capacity] = ws
+        return ws
+
+    # -- parameters and data ------------------------------------------------------
+    def init(self, values: Mapping | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
+        """Parameters with their shapes filled: seeded defaults, overridden by ``values``.
+
+        Keys of ``values`` may be symbols, MatrixSymbols or names.
+
+        >>> import sympy as sp, gradc as gc
+        >>> w = sp.Symbol("w")
+        >>> gc.compile(w**2, params=[w]).init({w: 3.0})["w"]
+        array(3.)
+        """
+        if isinstance(values, int) and not isinstance(values, bool):
+            values, seed = None, values
+        params = initial_values(self.graph, seed, self.dtype)
+        for key, value in (values or {}).items():
+            name = key_name(key)
+            leaf = self._leaf(name)
+            arr = param_array(leaf, value, self.dtype).copy()
+            params[name] = arr.reshape(params[name].shape)
+        return params
+
+    def _leaf(self, name: str):
+        for p in self.graph.params:
+            if p.label == name:
+                return p
+        raise GradcError(f"{name!r} is not a parameter of this program ({', '.join(self._param_names)})")
+
+    def _params(self, params: Mapping) -> list[np.ndarray]:
+        if not isinstance(params, Mapping):
+            raise GradcError(f"params must be a dict of arrays, got {type(params).__name__}")
+        names = {key_name(k): k for k in params}
+        out = []
+        for leaf in self.graph.params:
+            if leaf.label not in names:
+                raise GradcError(f"missing parameter {leaf.label!r} in params")
+            arr = param_array(leaf, params[names[leaf.label]], self.dtype)
+            if not np.all(np.isfinite(arr)):
+                raise GradcError(f"parameter {leaf.label!r} contains NaN or inf")
+            out.append(arr)
+        return out
+
+    def _data(self, X, Y, *, need_targets=True):
+        return data_arrays(
+            self.graph.inputs, self.graph.targets, X, Y, self.dtype, need_targets=need_targets
+        )
+
+    def _namespace(self, n: int, params, data, ws) -> dict:
+        ns = {"n": n, "inv_n": self.dtype.type(1.0 / n)}
+        ns.update({f"p{k}": p for k, p in enumerate(params)})
+        names = [f"x{k}" for k in range(len(self.graph.inputs))]
+        names += [f"y{k}" for k in range(len(self.graph.targets))]
+        ns.update(zip(names, data))
+        ns.update(ws)
+        return ns
+
+    # -- evaluation ---------------------------------------------------------------
+    def loss(self, params: Mapping, X=None, Y=None) -> float:
+        """Mean per-sample loss over the data (or the objective's value without data)."""
+        p = self._params(params)
+        data, n = self._data(X, Y)
+        ns = self._namespace(n, p, data, self._workspace(n))
+        args = [ns[a] for a in self.kernels.forward_args]
+        return float(self._timed_call("forward", self.module.forward, args))
+
+    def predict(self, params: Mapping, X=None) -> np.ndarray:
+        """The output for each sample, shape (n, k): one row per sample."""
+        if self.kernels.output_view is None:
+            raise GradcError("this program has no output: pass output= (or a Sequential) to compile")
+        p = self._params(params)
+        data, n = self._data(X, None, need_targets=False)
+        ws = self._workspace(n)
+        ns = self._namespace(n, p, data, ws)
+        self._timed_call("forward", self.module.forward, [ns[a] for a in self.kernels.forward_args])
+        name, _ = self.kernels.output_view
+        out = self.graph.output
+        value = ns[name]
+        if out.batched:
+            result = np.array(value[:n], copy=True)
+        else:
+            result = np.repeat(np.asarray(value).reshape(1, -1), n, axis=0)
+        if out.is_scalar and X is not None and np.ndim(X) == 1:
+            return result.reshape(n)
+        return result
+
+    def value_and_grad(self, params: Mapping, X=None, Y=None):
+        """Mean loss and its gradient (a dict shaped like ``params``)."""
+        p = self._params(params)
+        data, n = self._data(X, Y)
+        ns = self._namespace(n, p, data, self._workspace(n))
+        grads = [np.zeros(leaf.shape, dtype=self.dtype) for leaf in self.graph.params]
+        ns.update({f"g{k}": g for k, g in enumerate(grads)})
+        loss = self._timed_call("forward", self.module.forward, [ns[a] for a in self.kernels.forward_args])
+        self._timed_call("backward", self.module.backward, [ns[a] for a in self.kernels.backward_args])
+        return float(loss), self._as_user_dict(grads, params)
+
+    def grad(self, params: Mapping, X=None, Y=None) -> dict[str, np.ndarray]:
+        """The gradient of the mean loss, a dict shaped like ``params``."""
+        return self.value_and_grad(params, X, Y)[1]
+
+    def _as_user_dict(self, arrays, like: Mapping) -> dict[str, np.ndarray]:
+        names = {key_name(k): k for k in like}
+        out = {}
+        for leaf, arr in zip(self.graph.params, arrays):
+            shape = np.shape(like[names[leaf.label]])
+            out[leaf.label] = arr.reshape(shape) if int(np.prod(shape)) == arr.size else arr
+        return out
+
+    # -- training ---------------------------------------------------------------
+    def fit(
+        self,
+        params: dict,
+        X=None,
+        Y=None,
+        *,
+        optimizer: Optimizer | None = None,
+        epochs: int = 1,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        clip_norm: float | None = None,
+        progress: bool = False,
+        record_path: bool = False,
+    ) -> History:
+        """Train ``params`` in place with the fused epoch kernel; returns a :class:`History`.
+
+        ``batch_size=None`` is full batch, ``1`` is SGD, other values mini-batch
+        (reshuffled each epoch when ``shuffle``). ``steps`` (total update steps)
+        overrides ``epochs``. On a non-finite loss, gradient or parameter the run
+        stops, ``params`` go back to their last finite values, and ``GradcError``
+        says at which step.
+        """
+        opt = optimizer if optimizer is not None else self.optimizer
+        if not isinstance(opt, Optimizer):
+            raise GradcError(f"optimizer must be a gc.Optimizer, got {opt!r}")
+        okern, omod = self._optimizer_module(opt)
+        p = self._params(params)
+        has_data = bool(self.graph.data)
+        if has_data:
+            data, nrows = self._data(X, Y)
+        else:
+            if X is not None or Y is not None:
+                raise GradcError("this spec has no inputs or targets; call fit(params, steps=...)")
+            data, nrows = [], 1
+        bs = nrows if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise GradcError(f"batch_size must be at least 1, got {batch_size}")
+        bs = min(bs, nrows)
+        nbatches = -(-nrows // bs)
+        if steps is not None:
+            total_steps = int(steps)
+        elif has_data:
+            total_steps = int(epochs) * nbatches
+        else:
+            total_steps = int(epochs)
+        if total_steps < 0:
+            raise GradcError("steps and epochs must not be negative")
+        clip = 0.0 if clip_norm is None else float(clip_norm)
+        if clip < 0 or not math.isfinite(clip):
+            raise GradcError(f"clip_norm must be a positive number, got {clip_norm}")
+
+        states = self._optimizer_state(opt, p)
+        hp = np.array([opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype)
+        ws = self._workspace(bs)
+        grads = [np.zeros(leaf.shape, dtype=self.dtype) for leaf in self.graph.params]
+        ns = self._namespace(bs, p, [np.zeros((bs, d.shape[1]), self.dtype) for d in data], ws)
+        ns.update({f"g{k}": g for k, g in enumerate(grads)})
+        ns.update({name.upper(): arr for name, arr in zip(self._data_names(), data)})
+        for k, st in enumerate(states):
+            ns.update({f"s{k}_{j}": s for j, s in enumerate(st)})
+        ns.update(perm=np.arange(nrows, dtype=np.int64), hp=hp, clip=clip, nrows=nrows, bs=bs)
+        # one full batch needs no shuffle: the mean over all samples does not depend on order
+        ns["shuffle"] = bool(shuffle and has_data and nbatches > 1)
+
+        history = History()
+        losses, norms, epoch_losses, path = [], [], [], []
+        if record_path:
+            path.append(self._snapshot(p, params))
+        bar = _progress(progress, total_steps, nrows if has_data else 0)
+        done = 0
+        epoch = 0
+        start_time = time.perf_counter()
+        try:
+            while done < total_steps:
+                in_epoch = min(nbatches, total_steps - done) if has_data else total_steps
+                chunk = 1 if record_path else in_epoch
+                ns["seed"] = np.uint64((int(seed) * 1_000_003 + epoch) % 2**63)
+                epoch_l = np.zeros(in_epoch)
+                for start in range(0, in_epoch, chunk):
+                    stop = min(start + chunk, in_epoch)
+                    l_out = np.zeros(stop - start)
+                    n_out = np.zeros((stop - start, len(p)))
+                    backup = [a.copy() for a in p] + [s.copy() for st in states for s in st]
+                    ns.update(start=start, stop=stop, t0=self._opt_steps(opt), losses=l_out, gnorms=n_out)
+                    status, at = self._timed_call("train", omod.train, [ns[a] for a in okern.train_args])
+                    ran = (at if status else stop) - start
+                    if status == 3:  # undo the failed step: replay the good ones from the backup
+                        for dst, src in zip(p + [s for st in states for s in st], backup):
+                            dst[...] = src
+                        ns.update(stop=at)
+                        omod.train(*[ns[a] for a in okern.train_args])
+                    self._advance_opt(opt, ran)
+                    losses.append(l_out[:ran])
+                    norms.append(n_out[:ran])
+                    epoch_l[start : start + ran] = l_out[:ran]
+                    if status:
+                        step = done + at
+                        self._write_back(p, params)
+                        raise GradcError(
+                            f"fit stopped at step {step} (epoch {epoch}): {_STATUS[status]} "
+                            f"(loss {l_out[at - start]:.6g}); parameters are back at their last "
+                            "finite values. Try a smaller learning rate or clip_norm."
+                        )
+                    if record_path:
+                        path.append(self._snapshot(p, params))
+                    if bar is not None:
+                        bar(stop - start, float(l_out[-1]))
+                done += in_epoch
+                if has_data:
+                    sizes = np.array([min(bs, nrows - b * bs) for b in range(in_epoch)], dtype=float)
+                    epoch_losses.append(float(np.dot(epoch_l, sizes) / sizes.sum()))
+                epoch += 1
+        finally:
+            history.seconds = time.perf_counter() - start_time
+            if bar is not None:
+                bar.close()
+            history.loss = np.concatenate(losses) if losses else np.zeros(0)
+            all_norms = np.concatenate(norms) if norms else np.zeros((0, len(p)))
+            history.grad_norms = {name: all_norms[:, k] for k, name in enumerate(self._param_names)}
+            history.epoch_loss = np.array(epoch_losses)
+            history.path = path
+            history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
+        self._write_back(p, params)
+        return history
+
+    def _data_names(self) -> list[str]:
+        return [f"x{k}" for k in range(len(self.graph.inputs))] + [
+            f"y{k}" for k in range(len(self.graph.targets))
+        ]
+
+    def _optimizer_state(self, opt: Optimizer, p) -> list[list[np.ndarray]]:
+        """Per-parameter state arrays, kept on the optimizer so a second fit continues."""
+        key = (id(self), tuple(a.shape for a in p), self.dtype.str)
+        store = opt.__dict__.setdefault("_gradc_state", {})
+        if key not in store:
+            nstate = len(opt.update_rule.state_names)
+            store[key] = {
+                "t": 0,
+                "arrays": [[np.zeros_like(a) for _ in range(nstate)] for a in p],
+            }
+        self._state_key = key
+        return store[key]["arrays"]
+
+    def _opt_steps(self, opt: Optimizer) -> int:
+        return opt._gradc_state[self._state_key]["t"]
+
+    def _advance_opt(self, opt: Optimizer, steps: int) -> None:
+        opt._gradc_state[self._state_key]["t"] += int(steps)
+
+    def _snapshot(self, p, like) -> dict[str, np.ndarray]:
+        return self._as_user_dict([a.copy() for a in p], like)
+
+    def _write_back(self, p, params: dict) -> None:
+        """Copy kernel arrays back into the user's dict where they were not views."""
+        names = {key_name(k): k for k in params}
+        for leaf, arr in zip(self.graph.params, p):
+            key = names[leaf.label]
+            user = params[key]
+            if isinstance(user, np.ndarray) and user.dtype == arr.dtype and np.shares_memory(user, arr):
+                continue
+            if isinstance(user, np.ndarray) and user.size == arr.size and user.dtype.kind == "f":
+                user[...] = arr.reshape(user.shape)
+            else:
+                params[key] = arr.reshape(np.shape(user)) if np.size(user) == arr.size else arr
+
+    # -- description ---------------------------------------------------------------
+    def report(self):
+        """Derivation and kernel statistics (operation counts, timings, naive vs shared)."""
+        from .report import build_report
+
+        return build_report(self)
+
+    def explain(self, latex: bool = False) -> str:
+        """The derived equations: each layer's δ and each gradient in terms of δ."""
+        from ..derivation.explain import explain
+
+        return explain(self.derivation, latex=latex)
+
+    def __repr__(self) -> str:
+        net = self.spec.network
+        what = repr(net) if net is not None else f"{len(self.graph.params)} parameters"
+        loss = getattr(self.spec.loss_fn, "__name__", None)
+        return f"Program({what}{', ' + loss if loss else ''}, {self.strategy}, {self.target}, {self.dtype.name})"
+
+
+def _progress(enabled: bool, total: int, nrows: int):
+    if not enabled:
+        return None
+    from .progress import ProgressBar
+
+    return ProgressBar(total, nrows)

@@ -1,0 +1,358 @@
+"""Contract tests: every error path API.md names, hostile names, target="cuda"."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+from reference import assert_dicts_close, copy_params, mlp_grad_dict
+
+
+def _msg(excinfo):
+    return str(excinfo.value)
+
+
+def test_gradc_error_is_value_error():
+    assert issubclass(gc.GradcError, ValueError)
+
+
+# ======================================================================
+# bad specs fail in compile
+# ======================================================================
+
+
+def test_free_symbol_not_declared():
+    w1 = sp.Symbol("w1")
+    zeta = sp.Symbol("zeta_free")
+    with pytest.raises(gc.GradcError) as ei:
+        gc.compile(w1**2 + zeta * w1, params=[w1])
+    assert "zeta_free" in _msg(ei)
+
+
+def test_free_data_symbol_not_declared():
+    w, b, xin = sp.symbols("w b xin")
+    ytgt = sp.Symbol("ytgt")
+    with pytest.raises(gc.GradcError) as ei:
+        gc.compile(gc.mse(w * xin + b, ytgt), params=[w, b], inputs=[xin])
+    assert "ytgt" in _msg(ei)
+
+
+def test_free_matrix_symbol_not_declared():
+    xm = sp.MatrixSymbol("xm", 3, 1)
+    ym = sp.MatrixSymbol("ym", 2, 1)
+    Wm = sp.MatrixSymbol("Wm", 2, 3)
+    cfree = sp.MatrixSymbol("cfree", 2, 1)
+    with pytest.raises(gc.GradcError) as ei:
+        gc.compile(gc.mse(gc.sigmoid(Wm * xm + cfree), ym), params=[Wm], inputs=[xm],
+                   targets=[ym])
+    assert "cfree" in _msg(ei)
+
+
+def test_function_without_derivative():
+    w1 = sp.Symbol("w1")
+    mystery = sp.Function("mystery")
+    with pytest.raises(gc.GradcError) as ei:
+        gc.compile(mystery(w1) ** 2 + w1, params=[w1])
+    assert "mystery" in _msg(ei)
+
+
+def test_mismatched_layer_shapes():
+    with pytest.raises(gc.GradcError) as ei:
+        net = gc.Sequential(gc.Dense(3, 4, gc.sigmoid), gc.Dense(5, 2, gc.sigmoid))
+        gc.compile(net, loss=gc.mse)
+    m = _msg(ei)
+    assert ("4" in m) or ("5" in m), m
+
+
+def test_mismatched_output_target_shapes():
+    xv = sp.MatrixSymbol("xv", 3, 1)
+    yv3 = sp.MatrixSymbol("yv3", 3, 1)
+    Wv = sp.MatrixSymbol("Wv", 2, 3)
+    with pytest.raises(gc.GradcError) as ei:
+        out = gc.sigmoid(Wv * xv)
+        gc.compile(gc.mse(out, yv3), params=[Wv], inputs=[xv], targets=[yv3], output=out)
+    m = _msg(ei)
+    assert ("yv3" in m) or ("(3, 1)" in m) or ("(2, 1)" in m) or ("3" in m and "2" in m), m
+
+
+# ======================================================================
+# runtime data / params errors
+# ======================================================================
+
+xq = sp.MatrixSymbol("xq", 3, 1)
+yq = sp.MatrixSymbol("yq", 2, 1)
+Wq1 = sp.MatrixSymbol("Wq1", 2, 3)
+bq1 = sp.MatrixSymbol("bq1", 2, 1)
+
+
+@pytest.fixture(scope="module")
+def progq():
+    out = gc.sigmoid(Wq1 * xq + bq1)
+    return gc.compile(gc.mse(out, yq), params=[Wq1, bq1], inputs=[xq], targets=[yq],
+                      output=out)
+
+
+@pytest.fixture()
+def qdata():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((5, 3)), rng.uniform(size=(5, 2))
+
+
+@pytest.fixture()
+def qparams(progq):
+    rng = np.random.default_rng(1)
+    return progq.init({"Wq1": rng.standard_normal((2, 3)), "bq1": rng.standard_normal((2, 1))})
+
+
+CALLS = {
+    "loss": lambda p, prm, X, Y: p.loss(prm, X, Y),
+    "value_and_grad": lambda p, prm, X, Y: p.value_and_grad(prm, X, Y),
+    "grad": lambda p, prm, X, Y: p.grad(prm, X, Y),
+    "fit": lambda p, prm, X, Y: p.fit(prm, X, Y, optimizer=gc.SGD(lr=0.1), epochs=1),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_wrong_X_shape_names_input(progq, qparams, qdata, call):
+    X, Y = qdata
+    before = copy_params(qparams)
+    with pytest.raises(gc.GradcError) as ei:
+        CALLS[call](progq, qparams, np.ones((5, 4)), Y)
+    assert "xq" in _msg(ei)
+    assert_dicts_close(qparams, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_wrong_Y_shape_names_target(progq, qparams, qdata, call):
+    X, Y = qdata
+    before = copy_params(qparams)
+    with pytest.raises(gc.GradcError) as ei:
+        CALLS[call](progq, qparams, X, np.ones((5, 3)))
+    assert "yq" in _msg(ei)
+    assert_dicts_close(qparams, before, rtol=0, atol=0)
+
+
+def test_wrong_X_shape_predict(progq, qparams):
+    with pytest.raises(gc.GradcError) as ei:
+        progq.predict(qparams, np.ones((5, 2)))
+    assert "xq" in _msg(ei)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_missing_param_key(progq, qparams, qdata, call):
+    X, Y = qdata
+    partial = {"bq1": qparams["bq1"].copy()}
+    with pytest.raises(gc.GradcError) as ei:
+        CALLS[call](progq, partial, X, Y)
+    assert "Wq1" in _msg(ei)
+
+
+def test_missing_param_key_no_data():
+    a, bb = sp.symbols("alpha_p beta_p")
+    prog = gc.compile(a**2 + bb**2, params=[a, bb])
+    with pytest.raises(gc.GradcError) as ei:
+        prog.value_and_grad({"alpha_p": np.array(1.0)})
+    assert "beta_p" in _msg(ei)
+
+
+# ---------------------------------------------------------------- NaN / inf data
+
+w, b, x, y = sp.symbols("w b x y")
+
+
+@pytest.fixture(scope="module")
+def linreg():
+    return gc.compile(gc.mse(w * x + b, y), params=[w, b], inputs=[x], targets=[y])
+
+
+@pytest.mark.parametrize("where", ["X_nan", "X_inf", "Y_nan", "Y_neginf"])
+def test_nonfinite_data_refused(linreg, where):
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal(10), rng.standard_normal(10)
+    bad = {"X_nan": np.nan, "X_inf": np.inf, "Y_nan": np.nan, "Y_neginf": -np.inf}[where]
+    if where.startswith("X"):
+        X[7] = bad
+    else:
+        Y[3] = bad
+    params = linreg.init({w: 0.5, b: -0.5})
+    before = copy_params(params)
+    with pytest.raises(gc.GradcError):
+        linreg.fit(params, X, Y, optimizer=gc.SGD(lr=0.1), epochs=3, batch_size=2)
+    assert float(params["w"]) == 0.5 and float(params["b"]) == -0.5
+    assert_dicts_close(params, before, rtol=0, atol=0)
+
+
+def test_nonfinite_data_refused_matrix(progq, qparams, qdata):
+    X, Y = qdata
+    X = X.copy()
+    X[4, 2] = np.nan
+    before = copy_params(qparams)
+    with pytest.raises(gc.GradcError):
+        progq.fit(qparams, X, Y, optimizer=gc.SGD(lr=0.1), epochs=2, batch_size=1)
+    assert_dicts_close(qparams, before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- divergence
+
+w1, w2 = sp.symbols("w1 w2")
+
+
+def _assert_step_message(m):
+    assert re.search(r"step", m, re.I), m
+    assert re.search(r"\d", m), m
+
+
+def test_divergence_bowl_huge_lr():
+    prog = gc.compile(w1**2 + w2**2 + 2 * w2 + 5, params=[w1, w2])
+    params = prog.init({w1: -2.0, w2: 3.0})
+    with pytest.raises(gc.GradcError) as ei:
+        prog.fit(params, steps=10, optimizer=gc.SGD(lr=1e200))
+    _assert_step_message(_msg(ei))
+    assert np.isfinite(params["w1"]) and np.isfinite(params["w2"])
+
+
+def test_divergence_exp_objective():
+    """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
+    the loss there, exp(~46800), overflows."""
+    wv = sp.Symbol("wexp")
+    prog = gc.compile(sp.exp(wv**2), params=[wv])
+    params = prog.init({wv: 2.0})
+    with pytest.raises(gc.GradcError) as ei:
+        prog.fit(params, steps=5, optimizer=gc.SGD(lr=1.0))
+    _assert_step_message(_msg(ei))
+    val = float(params["wexp"])
+    assert math.isfinite(val)
+    # the last finite values: the start or the point after step 1
+    assert val == pytest.approx(2.0 - 4.0 * math.exp(4.0), rel=1e-12) or val == 2.0
+
+
+def test_divergence_with_data(linreg):
+    rng = np.random.default_rng(9)
+    X, Y = rng.standard_normal(8) * 10, rng.standard_normal(8)
+    params = linreg.init({w: 0.5, b: 0.5})
+    with pytest.raises(gc.GradcError) as ei:
+        linreg.fit(params, X, Y, optimizer=gc.SGD(lr=1e150), epochs=20)
+    _assert_step_message(_msg(ei))
+    assert np.isfinite(params["w"]) and np.isfinite(params["b"])
+
+
+# ======================================================================
+# hostile symbol names
+# ======================================================================
+
+HOSTILE = ["lambda", "np", "x y", "W-1", "_t0", "__import__('os')", "math", "def"]
+
+
+def test_hostile_scalar_param_names():
+    s = [sp.Symbol(n) for n in HOSTILE]
+    J = sum((i + 1) * si**2 for i, si in enumerate(s)) + s[0] * s[1] + 3 * s[5] * s[7] + s[2]
+    prog = gc.compile(J, params=s)
+    vals = {n: 0.1 * (i + 1) - 0.35 for i, n in enumerate(HOSTILE)}
+    params = prog.init(vals)
+    assert set(params) == set(HOSTILE)
+    loss, grads = prog.value_and_grad(params)
+    v = [vals[n] for n in HOSTILE]
+    Jv = sum((i + 1) * vi**2 for i, vi in enumerate(v)) + v[0] * v[1] + 3 * v[5] * v[7] + v[2]
+    g = [2 * (i + 1) * vi for i, vi in enumerate(v)]
+    g[0] += v[1]
+    g[1] += v[0]
+    g[5] += 3 * v[7]
+    g[7] += 3 * v[5]
+    g[2] += 1.0
+    assert float(loss) == pytest.approx(Jv, rel=1e-13)
+    for i, n in enumerate(HOSTILE):
+        assert float(grads[n]) == pytest.approx(g[i], rel=1e-12, abs=1e-15), n
+    # one SGD step works too
+    prog.fit(params, steps=1, optimizer=gc.SGD(lr=0.1))
+    for i, n in enumerate(HOSTILE):
+        assert float(params[n]) == pytest.approx(v[i] - 0.1 * g[i], rel=1e-12, abs=1e-15), n
+
+
+def test_hostile_data_names():
+    wp, bp = sp.Symbol("np"), sp.Symbol("x y")
+    xd, yd = sp.Symbol("lambda"), sp.Symbol("def")
+    prog = gc.compile(gc.mse(wp * xd + bp, yd), params=[wp, bp], inputs=[xd], targets=[yd])
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal(7), rng.standard_normal(7)
+    params = prog.init({"np": 1.5, "x y": -0.25})
+    loss, grads = prog.value_and_grad(params, X, Y)
+    r = 1.5 * X - 0.25 - Y
+    assert float(loss) == pytest.approx(0.5 * np.mean(r * r), rel=1e-12)
+    assert float(grads["np"]) == pytest.approx(np.mean(r * X), rel=1e-12)
+    assert float(grads["x y"]) == pytest.approx(np.mean(r), rel=1e-12)
+
+
+def test_hostile_matrix_names():
+    xh = sp.MatrixSymbol("x y", 2, 1)
+    yh = sp.MatrixSymbol("math", 1, 1)
+    Wh1 = sp.MatrixSymbol("W-1", 3, 2)
+    bh1 = sp.MatrixSymbol("lambda", 3, 1)
+    Wh2 = sp.MatrixSymbol("__import__('os')", 1, 3)
+    bh2 = sp.MatrixSymbol("_t0", 1, 1)
+    out = Wh2 * gc.tanh(Wh1 * xh + bh1) + bh2
+    prog = gc.compile(gc.mse(out, yh), params=[Wh1, bh1, Wh2, bh2], inputs=[xh],
+                      targets=[yh], output=out)
+    rng = np.random.default_rng(17)
+    vals = {"W-1": rng.standard_normal((3, 2)), "lambda": rng.standard_normal((3, 1)),
+            "__import__('os')": rng.standard_normal((1, 3)), "_t0": rng.standard_normal((1, 1))}
+    params = prog.init(vals)
+    X, Y = rng.standard_normal((4, 2)), rng.standard_normal((4, 1))
+    loss, grads = prog.value_and_grad(params, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params, [("W-1", "lambda"), ("__import__('os')", "_t0")],
+                                        ["tanh", "identity"], X, Y, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-10, atol=1e-14, what="hostile matrix names")
+
+
+# ======================================================================
+# target="cuda": works (simulator) or raises GradcError, nothing else
+# ======================================================================
+
+
+def test_cuda_bowl_works_or_gradc_error():
+    try:
+        prog = gc.compile(w1**2 + w2**2 + 2 * w2 + 5, params=[w1, w2], target="cuda")
+        params = prog.init({w1: -2.0, w2: 3.0})
+        loss, grads = prog.value_and_grad(params)
+        hist = prog.fit(params, steps=3, optimizer=gc.SGD(lr=0.1))
+    except gc.GradcError:
+        return
+    assert float(loss) == pytest.approx(24.0, rel=1e-12)
+    assert float(grads["w1"]) == pytest.approx(-4.0, rel=1e-12)
+    assert float(grads["w2"]) == pytest.approx(8.0, rel=1e-12)
+    assert np.asarray(hist.loss).shape == (3,)
+    assert float(params["w1"]) == pytest.approx(-2.0 * 0.8**3, rel=1e-12)
+    assert float(params["w2"]) == pytest.approx(-1.0 + 4.0 * 0.8**3, rel=1e-12)
+
+
+def test_cuda_network_works_or_gradc_error():
+    xc = sp.MatrixSymbol("xc", 2, 1)
+    yc = sp.MatrixSymbol("yc", 1, 1)
+    Wc1 = sp.MatrixSymbol("Wc1", 2, 2)
+    bc1 = sp.MatrixSymbol("bc1", 2, 1)
+    Wc2 = sp.MatrixSymbol("Wc2", 1, 2)
+    bc2 = sp.MatrixSymbol("bc2", 1, 1)
+    out = gc.sigmoid(Wc2 * gc.sigmoid(Wc1 * xc + bc1) + bc2)
+    rng = np.random.default_rng(3)
+    vals = {"Wc1": rng.standard_normal((2, 2)), "bc1": rng.standard_normal((2, 1)),
+            "Wc2": rng.standard_normal((1, 2)), "bc2": rng.standard_normal((1, 1))}
+    X, Y = rng.standard_normal((3, 2)), rng.uniform(size=(3, 1))
+    names = [("Wc1", "bc1"), ("Wc2", "bc2")]
+    try:
+        prog = gc.compile(gc.mse(out, yc), params=[Wc1, bc1, Wc2, bc2], inputs=[xc],
+                          targets=[yc], output=out, target="cuda")
+        params = prog.init(vals)
+        loss, grads = prog.value_and_grad(params, X, Y)
+        yhat = prog.predict(params, X)
+        prog.fit(params, X, Y, optimizer=gc.SGD(lr=0.5), epochs=1, shuffle=False)
+    except gc.GradcError:
+        return
+    ref_loss, ref_grads = mlp_grad_dict(vals, names, ["sigmoid", "sigmoid"], X, Y, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-10)
+    assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what="cuda grads")
+    assert yhat.shape == (3, 1)
+    want = {k: vals[k] - 0.5 * ref_grads[k] for k in vals}
+    assert_dicts_close(params, want, rtol=1e-9, atol=1e-13, what="cuda fit")

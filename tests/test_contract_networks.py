@@ -1,0 +1,420 @@
+"""Contract tests, forms (c) and (d) of API.md: matrix networks.
+
+Gradients are checked against the hand-written NumPy delta recursion in
+``reference.py`` and against central finite differences of the NumPy loss.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+from reference import (
+    assert_dicts_close,
+    copy_params,
+    finite_diff,
+    max_rel_err,
+    mlp_grad_dict,
+    mlp_loss_dict,
+    mlp_predict,
+    layers_from_params,
+)
+
+# ======================================================================
+# the 3-4-2 sigmoid network, form (c)
+# ======================================================================
+
+x = sp.MatrixSymbol("x", 3, 1)
+y = sp.MatrixSymbol("y", 2, 1)
+W1 = sp.MatrixSymbol("W1", 4, 3)
+b1 = sp.MatrixSymbol("b1", 4, 1)
+W2 = sp.MatrixSymbol("W2", 2, 4)
+b2 = sp.MatrixSymbol("b2", 2, 1)
+NAMES_342 = [("W1", "b1"), ("W2", "b2")]
+ACTS_342 = ["sigmoid", "sigmoid"]
+
+
+def _yhat():
+    return gc.sigmoid(W2 * gc.sigmoid(W1 * x + b1) + b2)
+
+
+@pytest.fixture(scope="module")
+def prog_c():
+    yhat = _yhat()
+    return gc.compile(gc.mse(yhat, y), params=[W1, b1, W2, b2],
+                      inputs=[x], targets=[y], output=yhat)
+
+
+@pytest.fixture(scope="module")
+def data_342():
+    rng = np.random.default_rng(42)
+    X = rng.standard_normal((5, 3))
+    Y = rng.uniform(0.0, 1.0, size=(5, 2))
+    return X, Y
+
+
+def _values_342(seed=7):
+    rng = np.random.default_rng(seed)
+    return {
+        "W1": rng.normal(0, 0.8, (4, 3)),
+        "b1": rng.normal(0, 0.5, (4, 1)),
+        "W2": rng.normal(0, 0.8, (2, 4)),
+        "b2": rng.normal(0, 0.5, (2, 1)),
+    }
+
+
+@pytest.fixture()
+def params_342(prog_c):
+    v = _values_342()
+    return prog_c.init({W1: v["W1"], b1: v["b1"], W2: v["W2"], b2: v["b2"]})
+
+
+def test_form_c_init_shapes(prog_c):
+    params = prog_c.init(seed=0)
+    assert set(params) == {"W1", "b1", "W2", "b2"}
+    shapes = {"W1": (4, 3), "b1": (4, 1), "W2": (2, 4), "b2": (2, 1)}
+    for k, s in shapes.items():
+        assert isinstance(params[k], np.ndarray)
+        assert params[k].shape == s
+        assert np.all(np.isfinite(params[k]))
+    # a sensible init does not leave all weights equal (symmetry)
+    assert np.ptp(params["W1"]) > 0
+
+
+def test_form_c_init_keys_matrixsymbol_and_str(prog_c):
+    v = _values_342()
+    p1 = prog_c.init({W1: v["W1"], b1: v["b1"], W2: v["W2"], b2: v["b2"]})
+    p2 = prog_c.init({k: v[k] for k in v})
+    for k in v:
+        np.testing.assert_array_equal(p1[k], v[k])
+        np.testing.assert_array_equal(p2[k], v[k])
+
+
+def test_form_c_value_and_grad_vs_delta_recursion(prog_c, params_342, data_342):
+    X, Y = data_342
+    loss, grads = prog_c.value_and_grad(params_342, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params_342, NAMES_342, ACTS_342, X, Y, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-10, atol=1e-14, what="3-4-2 (c)")
+    assert float(prog_c.loss(params_342, X, Y)) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(prog_c.grad(params_342, X, Y), ref_grads, rtol=1e-10, atol=1e-14)
+
+
+def test_form_c_grad_vs_finite_differences(prog_c, params_342, data_342):
+    X, Y = data_342
+    fd = finite_diff(lambda p: mlp_loss_dict(p, NAMES_342, ACTS_342, X, Y, "mse"), params_342)
+    grads = prog_c.grad(params_342, X, Y)
+    assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-9, what="3-4-2 vs FD")
+
+
+def test_form_c_predict(prog_c, params_342, data_342):
+    X, _ = data_342
+    yhat = prog_c.predict(params_342, X)
+    assert isinstance(yhat, np.ndarray) and yhat.shape == (5, 2)
+    ref = mlp_predict(layers_from_params(params_342, NAMES_342, ACTS_342), X)
+    np.testing.assert_allclose(yhat, ref, rtol=1e-13, atol=1e-15)
+
+
+def test_form_c_batch_of_one(prog_c, params_342, data_342):
+    X, Y = data_342
+    X1, Y1 = X[2:3], Y[2:3]
+    assert X1.shape == (1, 3)
+    loss, grads = prog_c.value_and_grad(params_342, X1, Y1)
+    ref_loss, ref_grads = mlp_grad_dict(params_342, NAMES_342, ACTS_342, X1, Y1, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-10, atol=1e-14, what="batch of 1")
+    assert prog_c.predict(params_342, X1).shape == (1, 2)
+
+
+def test_form_c_does_not_mutate_inputs(prog_c, params_342, data_342):
+    X, Y = data_342
+    Xc, Yc, pc = X.copy(), Y.copy(), copy_params(params_342)
+    prog_c.value_and_grad(params_342, X, Y)
+    prog_c.predict(params_342, X)
+    np.testing.assert_array_equal(X, Xc)
+    np.testing.assert_array_equal(Y, Yc)
+    assert_dicts_close(params_342, pc, rtol=0, atol=0)
+
+
+def test_check_grad_small(prog_c, params_342, data_342):
+    X, Y = data_342
+    err = gc.check_grad(prog_c, params_342, X, Y)
+    assert isinstance(err, (float, np.floating))
+    assert 0.0 <= float(err) < 1e-5
+
+
+def test_source_report_explain(prog_c):
+    src = prog_c.source
+    assert isinstance(src, dict)
+    for k in ("forward", "backward", "update"):
+        assert k in src, k
+        assert isinstance(src[k], str) and src[k].strip(), k
+    rep = str(prog_c.report())
+    assert isinstance(rep, str) and rep.strip()
+    ex = prog_c.explain()
+    assert isinstance(ex, str) and ex.strip()
+
+
+def test_form_c_naive_strategy_same_gradients(data_342):
+    yhat = _yhat()
+    prog = gc.compile(gc.mse(yhat, y), params=[W1, b1, W2, b2], inputs=[x],
+                      targets=[y], output=yhat, strategy="naive")
+    X, Y = data_342
+    params = prog.init(_values_342())
+    loss, grads = prog.value_and_grad(params, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params, NAMES_342, ACTS_342, X, Y, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what="naive")
+
+
+# ---------------------------------------------------------------- fit
+
+def test_minibatch_fit_deterministic_and_decreasing(prog_c, data_342):
+    X, Y = data_342
+    v = _values_342(11)
+    pa = prog_c.init(v)
+    pb = prog_c.init(v)
+    epochs, bs, n = 10, 2, X.shape[0]
+    ha = prog_c.fit(pa, X, Y, optimizer=gc.SGD(lr=0.5), epochs=epochs, batch_size=bs, seed=3)
+    hb = prog_c.fit(pb, X, Y, optimizer=gc.SGD(lr=0.5), epochs=epochs, batch_size=bs, seed=3)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    np.testing.assert_array_equal(np.asarray(ha.loss), np.asarray(hb.loss))
+    steps = epochs * math.ceil(n / bs)
+    assert np.asarray(ha.loss).shape == (steps,)
+    assert len(np.asarray(ha.epoch_loss)) == epochs
+    assert np.all(np.isfinite(np.asarray(ha.loss)))
+    before = mlp_loss_dict(v, NAMES_342, ACTS_342, X, Y)
+    after = mlp_loss_dict(pa, NAMES_342, ACTS_342, X, Y)
+    assert after < before
+    # params were really changed in place
+    assert not np.array_equal(pa["W1"], v["W1"])
+
+
+def test_sgd_batch_size_one_step_count(prog_c, data_342):
+    X, Y = data_342
+    p = prog_c.init(_values_342(12))
+    h = prog_c.fit(p, X, Y, optimizer=gc.SGD(lr=0.1), epochs=2, batch_size=1, seed=0)
+    assert np.asarray(h.loss).shape == (2 * X.shape[0],)
+    assert len(np.asarray(h.epoch_loss)) == 2
+
+
+def test_fit_record_path_with_data(prog_c, data_342):
+    X, Y = data_342
+    v = _values_342(13)
+    p = prog_c.init(v)
+    h = prog_c.fit(p, X, Y, optimizer=gc.SGD(lr=0.2), epochs=3, record_path=True)
+    assert len(h.path) == 4  # start + 3 full-batch steps
+    for k in v:
+        np.testing.assert_array_equal(h.path[0][k], v[k])
+        np.testing.assert_array_equal(h.path[-1][k], p[k])
+
+
+# ======================================================================
+# form (d): gc.Sequential / gc.Dense
+# ======================================================================
+
+
+@pytest.fixture(scope="module")
+def net_d():
+    return gc.Sequential(gc.Dense(3, 4, gc.sigmoid), gc.Dense(4, 2, gc.sigmoid))
+
+
+@pytest.fixture(scope="module")
+def prog_d(net_d):
+    return gc.compile(net_d, loss=gc.mse)
+
+
+def _layer_names(net):
+    ps = list(net.params)
+    assert len(ps) % 2 == 0
+    return [(ps[2 * i].name, ps[2 * i + 1].name) for i in range(len(ps) // 2)]
+
+
+def test_form_d_net_attributes(net_d):
+    out = net_d.output
+    assert isinstance(out, sp.MatrixExpr)
+    assert tuple(out.shape) == (2, 1)
+    ps = list(net_d.params)
+    assert len(ps) == 4
+    assert all(isinstance(p, sp.MatrixSymbol) for p in ps)
+    assert [tuple(p.shape) for p in ps] == [(4, 3), (4, 1), (2, 4), (2, 1)]
+    assert len({p.name for p in ps}) == 4
+
+
+def test_form_d_value_and_grad(prog_d, net_d, data_342):
+    X, Y = data_342
+    names = _layer_names(net_d)
+    v = _values_342()
+    params = prog_d.init({p: v[k] for p, k in zip(net_d.params, ["W1", "b1", "W2", "b2"])})
+    assert set(params) == {p.name for p in net_d.params}
+    loss, grads = prog_d.value_and_grad(params, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params, names, ACTS_342, X, Y, "mse")
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-10, atol=1e-14, what="3-4-2 (d)")
+    fd = finite_diff(lambda p: mlp_loss_dict(p, names, ACTS_342, X, Y, "mse"), params)
+    assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-9, what="3-4-2 (d) vs FD")
+    yhat = prog_d.predict(params, X)
+    assert yhat.shape == (5, 2)
+    np.testing.assert_allclose(
+        yhat, mlp_predict(layers_from_params(params, names, ACTS_342), X), rtol=1e-13)
+
+
+# ======================================================================
+# elementwise vocabulary
+# ======================================================================
+
+z = sp.Symbol("z")
+
+
+def swish():
+    return gc.elementwise(sp.Lambda(z, z / (1 + sp.exp(-z))))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "leaky", "softplus",
+                                  "identity", "swish"])
+def test_elementwise_kinds(name):
+    f = _gc_act(("leaky_relu", 0.1) if name == "leaky" else name)
+    t = sp.Symbol("t")
+    s = f(2 * t + 1)
+    assert isinstance(s, sp.Expr) and not isinstance(s, sp.MatrixExpr)
+    M = sp.MatrixSymbol("M", 3, 2)
+    m = f(M)
+    assert isinstance(m, sp.MatrixExpr)
+    assert tuple(m.shape) == (3, 2)
+
+
+def test_reductions_return_scalars():
+    M = sp.MatrixSymbol("M", 3, 1)
+    Yv = sp.MatrixSymbol("Yv", 3, 1)
+    for e in (gc.sum(M), gc.logsumexp(M), gc.mse(M, Yv), gc.softmax_cross_entropy(M, Yv)):
+        assert isinstance(e, sp.Expr) and not isinstance(e, sp.MatrixExpr)
+
+
+def _gc_act(a):
+    if isinstance(a, tuple) and a[0] == "leaky_relu":
+        return gc.leaky_relu(a[1])
+    if a == "swish":
+        return swish()
+    return getattr(gc, a)  # sigmoid, tanh, relu, softplus, identity
+
+
+def _net_and_params(widths, acts, seed, scale=0.8):
+    layers = [gc.Dense(widths[i], widths[i + 1], _gc_act(acts[i])) for i in range(len(acts))]
+    net = gc.Sequential(*layers)
+    rng = np.random.default_rng(seed)
+    values = {}
+    for p in net.params:
+        values[p.name] = rng.normal(0.0, scale, tuple(p.shape))
+    return net, values
+
+
+def _data(widths, loss, n, seed, onehot=True):
+    rng = np.random.default_rng(seed + 1000)
+    X = rng.standard_normal((n, widths[0]))
+    k = widths[-1]
+    if loss == "mse":
+        Y = rng.standard_normal((n, k))
+    elif onehot:
+        Y = np.eye(k)[rng.integers(0, k, size=n)]
+    else:
+        Y = rng.dirichlet(np.ones(k), size=n)
+    return X, Y
+
+
+def test_swish_network_vs_finite_differences():
+    widths, acts = [2, 3, 1], ["swish", "identity"]
+    net, values = _net_and_params(widths, acts, seed=21)
+    prog = gc.compile(net, loss=gc.mse)
+    params = prog.init(values)
+    X, Y = _data(widths, "mse", 6, 21)
+    names = _layer_names(net)
+    loss, grads = prog.value_and_grad(params, X, Y)
+    fd = finite_diff(lambda p: mlp_loss_dict(p, names, acts, X, Y), params)
+    assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-9, what="swish vs FD")
+    ref_loss, ref_grads = mlp_grad_dict(params, names, acts, X, Y)
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what="swish vs delta")
+
+
+def test_leaky_relu_both_sides():
+    """gc.leaky_relu(0.1): slope 1 for z > 0 and 0.1 for z < 0 (both visited)."""
+    widths, acts = [3, 4, 2], [("leaky_relu", 0.1), "identity"]
+    net, values = _net_and_params(widths, acts, seed=31, scale=1.0)
+    prog = gc.compile(net, loss=gc.mse)
+    params = prog.init(values)
+    X, Y = _data(widths, "mse", 8, 31)
+    names = _layer_names(net)
+    Z = params[names[0][0]] @ X.T + params[names[0][1]]
+    assert (Z > 0).any() and (Z < 0).any()
+    loss, grads = prog.value_and_grad(params, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params, names, acts, X, Y)
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what="leaky_relu")
+
+
+def test_custom_loss_with_gc_sum():
+    """A per-sample loss written with gc.sum and gc.elementwise equals 2 * mse."""
+    xi = sp.MatrixSymbol("xi", 3, 1)
+    yo = sp.MatrixSymbol("yo", 2, 1)
+    Wc = sp.MatrixSymbol("Wc", 2, 3)
+    bc = sp.MatrixSymbol("bc", 2, 1)
+    u = sp.Symbol("u")
+    sq = gc.elementwise(sp.Lambda(u, u**2))
+    out = gc.tanh(Wc * xi + bc)
+    prog = gc.compile(gc.sum(sq(out - yo)), params=[Wc, bc], inputs=[xi], targets=[yo],
+                      output=out)
+    rng = np.random.default_rng(8)
+    params = prog.init({"Wc": rng.standard_normal((2, 3)), "bc": rng.standard_normal((2, 1))})
+    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    loss, grads = prog.value_and_grad(params, X, Y)
+    ref_loss, ref_grads = mlp_grad_dict(params, [("Wc", "bc")], ["tanh"], X, Y, "mse")
+    assert float(loss) == pytest.approx(2 * ref_loss, rel=1e-12)
+    assert_dicts_close(grads, {k: 2 * g for k, g in ref_grads.items()}, rtol=1e-10,
+                       atol=1e-14, what="gc.sum loss")
+
+
+# ======================================================================
+# random small networks
+# ======================================================================
+
+RANDOM_NETS = [
+    # (widths, activations, loss, dtype, onehot)
+    ([3, 5, 2], ["tanh", "identity"], "softmax_cross_entropy", "float64", True),
+    ([4, 6, 3, 2], ["relu", "softplus", "sigmoid"], "mse", "float64", True),
+    ([1, 1], ["identity"], "mse", "float64", True),
+    ([2, 3, 4, 3], [("leaky_relu", 0.1), "tanh", "identity"], "softmax_cross_entropy",
+     "float64", False),
+    ([6, 1, 5], ["sigmoid", "relu"], "mse", "float64", True),
+    ([5, 2, 1], ["sigmoid", "tanh"], "mse", "float32", True),
+    ([3, 4, 3], ["softplus", "identity"], "softmax_cross_entropy", "float32", True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(RANDOM_NETS)))
+def test_random_networks(case):
+    widths, acts, loss_name, dtype, onehot = RANDOM_NETS[case]
+    net, values = _net_and_params(widths, acts, seed=100 + case)
+    loss_fn = {"mse": gc.mse, "softmax_cross_entropy": gc.softmax_cross_entropy}[loss_name]
+    prog = gc.compile(net, loss=loss_fn, dtype=dtype)
+    params = prog.init(values)
+    X, Y = _data(widths, loss_name, 7, 100 + case, onehot)
+    if dtype == "float32":
+        X, Y = X.astype(np.float32), Y.astype(np.float32)
+    names = _layer_names(net)
+    # the reference runs in float64 on exactly the values gradc holds
+    p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    ref_loss, ref_grads = mlp_grad_dict(p64, names, acts, X.astype(np.float64),
+                                        Y.astype(np.float64), loss_name)
+    loss, grads = prog.value_and_grad(params, X, Y)
+    tol = 1e-9 if dtype == "float64" else 1e-4
+    assert abs(float(loss) - ref_loss) <= tol * max(1.0, abs(ref_loss))
+    for k, g in ref_grads.items():
+        assert np.shape(grads[k]) == g.shape, k
+        err = max_rel_err(grads[k], g, floor=1e-12)
+        assert err < tol, f"{k}: scale-relative error {err:.3g} ({dtype})"
+    if dtype == "float64":
+        fd = finite_diff(lambda p: mlp_loss_dict(p, names, acts, X, Y, loss_name), p64)
+        assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-8, what=f"random net {case} vs FD")

@@ -1,0 +1,217 @@
+"""Contract tests, section 4 of API.md: optimizers and fit's update steps.
+
+Each run of ``prog.fit`` is replayed with the reference update rules of
+``reference.py`` fed with reference gradients (NumPy delta recursion).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+from reference import (
+    RefAdam,
+    RefMomentum,
+    RefSGD,
+    assert_dicts_close,
+    clip_grads,
+    global_norm,
+    mlp_grad_dict,
+)
+
+xs = sp.MatrixSymbol("xs", 2, 1)
+ys = sp.MatrixSymbol("ys", 1, 1)
+Wa = sp.MatrixSymbol("Wa", 3, 2)
+ba = sp.MatrixSymbol("ba", 3, 1)
+Wb = sp.MatrixSymbol("Wb", 1, 3)
+bb = sp.MatrixSymbol("bb", 1, 1)
+NAMES = [("Wa", "ba"), ("Wb", "bb")]
+ACTS = ["tanh", "identity"]
+
+
+def _out():
+    return Wb * gc.tanh(Wa * xs + ba) + bb
+
+
+@pytest.fixture(scope="module")
+def prog():
+    out = _out()
+    return gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys],
+                      output=out)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(2024)
+    X = rng.standard_normal((6, 2))
+    Y = rng.standard_normal((6, 1))
+    return X, Y
+
+
+def _start(seed=5):
+    rng = np.random.default_rng(seed)
+    return {
+        "Wa": rng.normal(0, 0.7, (3, 2)),
+        "ba": rng.normal(0, 0.3, (3, 1)),
+        "Wb": rng.normal(0, 0.7, (1, 3)),
+        "bb": rng.normal(0, 0.3, (1, 1)),
+    }
+
+
+def _replay(ref_opt, start, X, Y, steps, batch_size=None, clip_norm=None):
+    """Reference run: sequential batches (no shuffle), reference grads, reference rule."""
+    p = {k: np.array(v, np.float64) for k, v in start.items()}
+    n = X.shape[0]
+    bs = n if batch_size is None else batch_size
+    losses = []
+    done = 0
+    while done < steps:
+        for s in range(0, n, bs):
+            if done == steps:
+                break
+            loss, g = mlp_grad_dict(p, NAMES, ACTS, X[s:s + bs], Y[s:s + bs], "mse")
+            losses.append(loss)
+            p = ref_opt.step(p, clip_grads(g, clip_norm))
+            done += 1
+    return p, np.array(losses)
+
+
+CASES = {
+    "sgd": (lambda: gc.SGD(lr=0.1), lambda: RefSGD(0.1), 1e-10),
+    "sgd_positional": (lambda: gc.SGD(0.05), lambda: RefSGD(0.05), 1e-10),
+    "momentum": (lambda: gc.Momentum(lr=0.1, beta=0.9), lambda: RefMomentum(0.1, 0.9), 1e-10),
+    "momentum_default_beta": (lambda: gc.Momentum(0.2), lambda: RefMomentum(0.2, 0.9), 1e-10),
+    "momentum_beta_half": (lambda: gc.Momentum(0.1, beta=0.5), lambda: RefMomentum(0.1, 0.5),
+                           1e-10),
+    "adam": (lambda: gc.Adam(lr=1e-2), lambda: RefAdam(1e-2), 1e-8),
+    "adam_custom": (lambda: gc.Adam(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6),
+                    lambda: RefAdam(0.05, 0.8, 0.99, 1e-6), 1e-8),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_three_full_batch_steps(prog, data, name):
+    make_gc, make_ref, rtol = CASES[name]
+    X, Y = data
+    start = _start()
+    params = prog.init(start)
+    hist = prog.fit(params, X, Y, optimizer=make_gc(), epochs=3, shuffle=False)
+    want, losses = _replay(make_ref(), start, X, Y, steps=3)
+    np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-12)
+    assert_dicts_close(params, want, rtol=rtol, atol=1e-13, what=name)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_minibatch_no_shuffle_sequential_batches(prog, data, name):
+    """batch_size=4 over n=6, shuffle=False: batches rows [0:4], [4:6] each epoch."""
+    make_gc, make_ref, rtol = CASES[name]
+    X, Y = data
+    start = _start(6)
+    params = prog.init(start)
+    hist = prog.fit(params, X, Y, optimizer=make_gc(), epochs=2, batch_size=4, shuffle=False)
+    steps = 2 * math.ceil(6 / 4)
+    want, losses = _replay(make_ref(), start, X, Y, steps=steps, batch_size=4)
+    assert np.asarray(hist.loss).shape == (steps,)
+    np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-12)
+    assert_dicts_close(params, want, rtol=rtol, atol=1e-13, what=name + " minibatch")
+    assert len(np.asarray(hist.epoch_loss)) == 2
+
+
+def test_clip_norm_tiny(prog, data):
+    """With a tiny clip, the step is lr * g * clip / ||g||_global."""
+    X, Y = data
+    start = _start(7)
+    params = prog.init(start)
+    lr, clip = 0.1, 1e-3
+    _, g = mlp_grad_dict(start, NAMES, ACTS, X, Y, "mse")
+    gn = global_norm(g)
+    assert gn > 100 * clip
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr=lr), epochs=1, shuffle=False, clip_norm=clip)
+    want = {k: start[k] - lr * g[k] * (clip / gn) for k in start}
+    assert_dicts_close(params, want, rtol=1e-11, atol=1e-15, what="clip")
+    # the step taken has global norm lr * clip
+    step = math.sqrt(sum(float(np.sum((params[k] - start[k]) ** 2)) for k in start))
+    assert step == pytest.approx(lr * clip, rel=1e-9)
+
+
+def test_clip_norm_large_is_noop(prog, data):
+    X, Y = data
+    start = _start(8)
+    params = prog.init(start)
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr=0.1), epochs=2, shuffle=False, clip_norm=1e6)
+    want, _ = _replay(RefSGD(0.1), start, X, Y, steps=2)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-13, what="clip large")
+
+
+def test_clip_norm_with_momentum(prog, data):
+    """Clipping rescales the gradient the optimizer receives."""
+    X, Y = data
+    start = _start(9)
+    params = prog.init(start)
+    prog.fit(params, X, Y, optimizer=gc.Momentum(lr=0.1, beta=0.9), epochs=2, shuffle=False,
+             clip_norm=0.01)
+    want, _ = _replay(RefMomentum(0.1, 0.9), start, X, Y, steps=2, clip_norm=0.01)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="clip momentum")
+
+
+def test_default_optimizer_is_sgd_001(prog, data):
+    X, Y = data
+    start = _start(10)
+    params = prog.init(start)
+    prog.fit(params, X, Y, epochs=1, shuffle=False)
+    want, _ = _replay(RefSGD(0.01), start, X, Y, steps=1)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="default optimizer")
+
+
+def test_compile_optimizer_is_fit_default(data):
+    out = _out()
+    p2 = gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys],
+                    output=out, optimizer=gc.Momentum(lr=0.05, beta=0.8))
+    X, Y = data
+    start = _start(11)
+    params = p2.init(start)
+    p2.fit(params, X, Y, epochs=3, shuffle=False)
+    want, _ = _replay(RefMomentum(0.05, 0.8), start, X, Y, steps=3)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="compile optimizer")
+
+
+def test_fit_twice_continues_from_current_params(prog, data):
+    """Two SGD fits of 1 epoch equal one fit of 2 epochs (SGD has no state)."""
+    X, Y = data
+    start = _start(12)
+    params = prog.init(start)
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr=0.1), epochs=1, shuffle=False)
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr=0.1), epochs=1, shuffle=False)
+    want, _ = _replay(RefSGD(0.1), start, X, Y, steps=2)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="fit twice")
+
+
+# ---------------------------------------------------------------- form (a) with optimizers
+
+w1, w2 = sp.symbols("w1 w2")
+
+
+@pytest.fixture(scope="module")
+def bowl():
+    return gc.compile(w1**2 + w2**2 + 2 * w2 + 5, params=[w1, w2])
+
+
+@pytest.mark.parametrize("which", ["momentum", "adam"])
+def test_bowl_optimizers_closed_form(bowl, which):
+    def grad(p):
+        return {"w1": np.array(2 * p["w1"]), "w2": np.array(2 * p["w2"] + 2)}
+
+    ref = RefMomentum(0.1, 0.9) if which == "momentum" else RefAdam(0.1)
+    opt = gc.Momentum(lr=0.1, beta=0.9) if which == "momentum" else gc.Adam(lr=0.1)
+    params = bowl.init({w1: -2.0, w2: 3.0})
+    hist = bowl.fit(params, steps=15, optimizer=opt)
+    p = {"w1": np.array(-2.0), "w2": np.array(3.0)}
+    losses = []
+    for _ in range(15):
+        losses.append(float(p["w1"] ** 2 + p["w2"] ** 2 + 2 * p["w2"] + 5))
+        p = ref.step(p, grad(p))
+    np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-11)
+    assert float(params["w1"]) == pytest.approx(float(p["w1"]), rel=1e-10, abs=1e-14)
+    assert float(params["w2"]) == pytest.approx(float(p["w2"]), rel=1e-10, abs=1e-14)

@@ -25,7 +25,9 @@ def _on_param_path(graph: Graph) -> set[int]:
     """Ids of nodes that depend on a parameter (only they need a δ)."""
     live: set[int] = set()
     for node in graph.order:
-        if (isinstance(node, Leaf) and node.role == "param") or any(a.id in live for a in node.args):
+        if (isinstance(node, Leaf) and node.role == "param") or any(
+            a.id in live for a in node.args
+        ):
             live.add(node.id)
     return live
 

@@ -93,7 +93,11 @@ def _matmul(node: MatMul, delta: Node, needs) -> list[Node | None]:
 def _product(left: Node, right: Node, target: Node) -> Node:
     if left.batched and right.batched and not target.batched:
         return MatMul(left, right, contract=True)  # Σₙ δₙ·xₙᵀ
-    if left.is_scalar or right.is_scalar or (left.batched and right.batched and left.shape[1] == 1 and left.shape[0] != 1):
+    if (
+        left.is_scalar
+        or right.is_scalar
+        or (left.batched and right.batched and left.shape[1] == 1 and left.shape[0] != 1)
+    ):
         # per-sample scalar times vector, or an outer product of per-sample vectors
         s, m = (left, right) if left.is_scalar else (right, left)
         if not (left.is_scalar or right.is_scalar):

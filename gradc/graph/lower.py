@@ -271,7 +271,9 @@ class _Lowering:
 
     def _matmul(self, a: Node, b: Node, expr) -> Node:
         if a.shape[1] != b.shape[0]:
-            raise GradcError(f"shape mismatch in product {a.label or a}·{expr}: {a.shape} · {b.shape}")
+            raise GradcError(
+                f"shape mismatch in product {a.label or a}·{expr}: {a.shape} · {b.shape}"
+            )
         if a.is_scalar or b.is_scalar:
             u, c = sp.Dummy("u", real=True), sp.Dummy("c", real=True)
             s, m = (a, b) if a.is_scalar else (b, a)
@@ -291,7 +293,9 @@ class _Lowering:
         nodes = [self.matrix(t) if isinstance(t, sp.MatrixExpr) else self.scalar(t) for t in terms]
         shapes = {n.shape for n in nodes if not n.is_scalar}
         if len(shapes) > 1:
-            raise GradcError(f"shape mismatch between {', '.join(map(str, terms))}: {sorted(shapes)}")
+            raise GradcError(
+                f"shape mismatch between {', '.join(map(str, terms))}: {sorted(shapes)}"
+            )
         dummies = [sp.Dummy(f"u{k}", real=True) for k in range(len(nodes))]
         return make_map(sp.Lambda(tuple(dummies), op(*dummies)), nodes)
 
@@ -335,5 +339,7 @@ def lower(spec: Spec) -> Graph:
     output = None
     if spec.output is not None:
         out = spec.output
-        output = low.matrix(out) if isinstance(out, (sp.MatrixExpr, sp.MatrixBase)) else low.scalar(out)
+        output = (
+            low.matrix(out) if isinstance(out, (sp.MatrixExpr, sp.MatrixBase)) else low.scalar(out)
+        )
     return Graph(spec, low.params, low.inputs, low.targets, loss, output)

@@ -9,7 +9,8 @@
     ├── Transpose             a view: no storage of its own
     ├── SumAll                Σ of the entries of one sample → scalar
     ├── LogSumExp             log Σ exp of the entries of one sample → scalar (stable)
-    └── BatchSum              Σ over the samples of a batch → unbatched
+    ├── BatchSum              Σ over the samples of a batch → unbatched
+    └── EntrySum              naive strategy: one scalar expression per gradient entry
 
 Derivation builds its adjoint (δ) nodes from the same classes, so the kernel
 printers and the operation counter treat forward and backward alike.
@@ -22,13 +23,23 @@ import itertools
 
 import sympy as sp
 
-__all__ = ["Node", "Leaf", "Map", "MatMul", "Transpose", "SumAll", "LogSumExp", "BatchSum"]
+__all__ = [
+    "BatchSum",
+    "EntrySum",
+    "Leaf",
+    "LogSumExp",
+    "Map",
+    "MatMul",
+    "Node",
+    "SumAll",
+    "Transpose",
+]
 
 _ids = itertools.count()
 
 
 class Node:
-    __slots__ = ("id", "args", "shape", "batched", "label")
+    __slots__ = ("args", "batched", "id", "label", "shape")
 
     def __init__(self, args: tuple[Node, ...], shape: tuple[int, int], batched: bool, label=""):
         self.id = next(_ids)
@@ -56,9 +67,11 @@ class Node:
 class Leaf(Node):
     """A value the kernels receive: a parameter, an input, a target, a constant or the seed."""
 
-    __slots__ = ("role", "symbol", "index", "value")
+    __slots__ = ("index", "role", "symbol", "value")
 
-    def __init__(self, role: str, shape, batched: bool, *, symbol=None, index=0, value=None, label=""):
+    def __init__(
+        self, role: str, shape, batched: bool, *, symbol=None, index=0, value=None, label=""
+    ):
         super().__init__((), shape, batched, label)
         self.role = role  # "param" | "input" | "target" | "const" | "seed"
         self.symbol = symbol
@@ -72,7 +85,7 @@ class Leaf(Node):
 class Map(Node):
     """out = f(a₀, a₁, …) entry by entry; scalar args broadcast."""
 
-    __slots__ = ("fn", "elementwise")
+    __slots__ = ("elementwise", "fn")
 
     def __init__(self, fn: sp.Lambda, args, shape=None, *, elementwise=None, label=""):
         args = tuple(args)
@@ -145,3 +158,19 @@ class BatchSum(Node):
 
     def formula(self, name) -> str:
         return f"Σₙ {name(self.args[0])}"
+
+
+class EntrySum(Node):
+    """Naive strategy only: entry (r, c) is Σₙ of its own scalar SymPy expression
+    over entries of the leaves in ``args`` (``MatrixElement`` / ``Symbol`` atoms).
+    Every entry is computed on its own: nothing is shared between entries."""
+
+    __slots__ = ("atoms", "exprs")
+
+    def __init__(self, exprs, args, shape, batched_input: bool, label=""):
+        super().__init__(tuple(args), shape, False, label)
+        self.exprs = exprs  # list of rows of sympy expressions
+        self.atoms = batched_input  # whether the expressions read per-sample data
+
+    def formula(self, name) -> str:
+        return "Σₙ [one sympy.diff per entry]"

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement
 
+from ..derivation.names import display_names
 from ..derivation.program import Derivation
 from ..errors import GradcError
-from ..graph.nodes import BatchSum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
+from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
 from .scalar_printer import ScalarPrinter
 
-__all__ = ["CpuKernels", "print_cpu", "BLAS_MIN_MACS", "BLAS_MIN_TOTAL"]
+__all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 
 # A product goes to BLAS when one sample costs at least BLAS_MIN_MACS
 # multiply-adds and the whole batch at least BLAS_MIN_TOTAL; below that the
@@ -117,8 +119,39 @@ class CpuPrinter:
         self._name_everything()
 
     # -- naming --------------------------------------------------------------
+    def _find_inlined(self) -> set[int]:
+        """Anonymous Maps read once by another Map of the same kernel are computed
+        inside their reader's loop instead of in a loop (and buffer) of their own."""
+        deriv = self.deriv
+        roots = {deriv.graph.loss.id, *(g.id for g in deriv.grads if g is not None)}
+        if deriv.graph.output is not None:
+            roots.add(deriv.graph.output.id)
+        named = {k for k, v in display_names(deriv).items() if v is not None}
+        inlined: set[int] = set()
+        for nodes in (deriv.forward, deriv.backward):
+            here = {n.id for n in nodes}
+            readers: dict[int, list[Node]] = {}
+            for n in deriv.forward + deriv.backward:
+                for a in n.args:
+                    readers.setdefault(a.id, []).append(n)
+            for node in nodes:
+                if not isinstance(node, Map) or node.id in roots:
+                    continue
+                users = readers.get(node.id, [])
+                if len(users) != 1 or not isinstance(users[0], Map) or users[0].id not in here:
+                    continue
+                user = users[0]
+                if node.is_scalar and not user.is_scalar and node.batched == user.batched:
+                    inlined.add(node.id)
+                elif node.shape == user.shape and node.batched == user.batched:
+                    if node.elementwise is not None and node.id in named:
+                        continue  # keep activations a_k materialised: backward may read them
+                    inlined.add(node.id)
+        return inlined
+
     def _name_everything(self) -> None:
         g = self.deriv.graph
+        self.inlined = self._find_inlined()
         for k, p in enumerate(g.params):
             self.names[p.id] = f"p{k}"
         for k, x in enumerate(g.inputs):
@@ -129,32 +162,26 @@ class CpuPrinter:
         for k, gn in enumerate(self.deriv.grads):
             if gn is not None and self._can_own(gn) and gn.id not in owned:
                 owned[gn.id] = k
-        v = 0
-        for node in self.deriv.forward:
-            if node.id in self.names or isinstance(node, Transpose):
-                continue
-            if isinstance(node, Leaf):
-                self._name_leaf(node)
-                continue
-            name = f"v{v}"
-            v += 1
-            self.names[node.id] = name
-            self.buffers.append(Buffer(name, node, node.batched, node.shape, "value"))
-        d = 0
-        for node in self.deriv.backward:
-            if node.id in self.names or isinstance(node, Transpose):
-                continue
-            if isinstance(node, Leaf):
-                self._name_leaf(node)
-                continue
-            if node.id in owned:
-                self.names[node.id] = f"g{owned[node.id]}"
-                continue
-            name = f"d{d}"
-            d += 1
-            self.names[node.id] = name
-            self.buffers.append(Buffer(name, node, node.batched, node.shape, "delta"))
-        self._label_for_comments()
+        counters = {"value": 0, "delta": 0}
+        for role, nodes, prefix in (
+            ("value", self.deriv.forward, "v"),
+            ("delta", self.deriv.backward, "d"),
+        ):
+            for node in nodes:
+                if node.id in self.names or isinstance(node, Transpose) or node.id in self.inlined:
+                    continue
+                if isinstance(node, Leaf):
+                    self._name_leaf(node)
+                    continue
+                if node.id in owned:
+                    self.names[node.id] = f"g{owned[node.id]}"
+                    continue
+                name = f"{prefix}{counters[role]}"
+                counters[role] += 1
+                self.names[node.id] = name
+                self.buffers.append(Buffer(name, node, node.batched, node.shape, role))
+        shown = display_names(self.deriv)
+        self.comment_names = {k: comment_text(v) for k, v in shown.items() if v is not None}
 
     def _can_own(self, node: Node) -> bool:
         return (
@@ -173,43 +200,12 @@ class CpuPrinter:
         else:
             raise GradcError(f"leaf {node.label!r} ({node.role}) is not part of the spec")
 
-    def _label_for_comments(self) -> None:
-        """Human names: z1/a1 for layers, δ for adjoints, user names for leaves."""
-        layer = 0
-        for node in self.deriv.forward:
-            if isinstance(node, Leaf):
-                self.comment_names[node.id] = comment_text(node.label or node.role)
-            elif isinstance(node, Map) and node.elementwise is not None:
-                layer += 1
-                self.comment_names[node.id] = f"a{layer}"
-                pre = node.args[0]
-                if pre.id not in self.comment_names or self.comment_names[pre.id].startswith("t"):
-                    self.comment_names[pre.id] = f"z{layer}"
-            elif node.id not in self.comment_names:
-                self.comment_names[node.id] = f"t{len(self.comment_names)}"
-        self.comment_names[self.deriv.seed.id] = self.deriv.seed.label
-        if self.deriv.graph.loss.id in self.comment_names:
-            self.comment_names[self.deriv.graph.loss.id] = "L"
-        for node in self.deriv.forward:
-            if isinstance(node, Transpose):
-                self.comment_names[node.id] = self.cname(node.args[0]) + "ᵀ"
-        inverse = {d.id: f for f, d in self.deriv.delta_of.items()}
-        fwd = {n.id: n for n in self.deriv.forward}
-        for node in self.deriv.backward:
-            f = inverse.get(node.id)
-            if f is not None and f in fwd:
-                self.comment_names[node.id] = f"δ{self.cname(fwd[f])}"
-            elif isinstance(node, Transpose):
-                self.comment_names[node.id] = self.cname(node.args[0]) + "ᵀ"
-            else:
-                self.comment_names[node.id] = f"u{len(self.comment_names)}"
-        for k, gn in enumerate(self.deriv.grads):
-            if gn is not None:
-                p = self.deriv.graph.params[k]
-                self.comment_names[gn.id] = f"∂L/∂{comment_text(p.label)}"
-
     def cname(self, node: Node) -> str:
-        return self.comment_names.get(node.id, "?")
+        known = self.comment_names.get(node.id)
+        if known is not None:
+            return known
+        inner = node.formula(self.cname)
+        return inner if isinstance(node, (Transpose, Leaf)) else f"({inner})"
 
     def name(self, node: Node) -> str:
         return self.names[node.id]
@@ -258,13 +254,35 @@ class CpuPrinter:
 
     def _describe(self, node: Node) -> str:
         text = node.formula(self.cname)
-        dims = f"{node.shape[0]}×{node.shape[1]}"
-        return comment_text(f"{self.cname(node)} = {text}   ({dims}{', per sample' if node.batched else ''})")
+        dims = f"{node.shape[0]}×{node.shape[1]}" + (", per sample" if node.batched else "")
+        known = self.comment_names.get(node.id)
+        return comment_text(f"{known} = {text}   ({dims})" if known else f"{text}   ({dims})")
 
     def _print_Map(self, out: _Lines, node: Map) -> None:
+        if node.id in self.inlined:
+            return  # computed inside its reader's loop
         out(f"# {self._describe(node)}")
-        syms = [sp.Symbol(f"a{k}") for k in range(len(node.args))]
-        body = node.fn.expr.xreplace(dict(zip(node.fn.variables, syms)))
+        loads: dict[tuple[int, bool], sp.Symbol] = {}
+        reads: list[tuple[sp.Symbol, Node, bool]] = []
+
+        def load(arg: Node, scalar: bool) -> sp.Symbol:
+            key = (arg.id, scalar)
+            if key not in loads:
+                loads[key] = sp.Symbol(f"a{len(loads)}")
+                reads.append((loads[key], arg, scalar))
+            return loads[key]
+
+        def expr_of(n: Map, scalar: bool) -> sp.Expr:
+            subs = {}
+            for var, arg in zip(n.fn.variables, n.args):
+                arg_scalar = scalar or arg.is_scalar
+                if arg.id in self.inlined:
+                    subs[var] = expr_of(arg, arg_scalar)
+                else:
+                    subs[var] = load(arg, arg_scalar)
+            return n.fn.expr.xreplace(subs)
+
+        body = expr_of(node, node.is_scalar)
         temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
         depth = 0
         if node.batched:
@@ -273,11 +291,8 @@ class CpuPrinter:
             depth += 1
         r, c, d = self._loops(out, node.shape)
         depth += d
-        for s, a in zip(syms, node.args):
-            if a.is_scalar:
-                out(f"{s} = {self.elem(a, 'i', 0, 0)}")
-            else:
-                out(f"{s} = {self.elem(a, 'i', r, c)}")
+        for sym, arg, scalar in reads:
+            out(f"{sym} = {self.elem(arg, 'i', 0, 0) if scalar else self.elem(arg, 'i', r, c)}")
         for t, e in temps:
             out(f"{t} = {self.scalar.doprint_expr(e)}")
         out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
@@ -390,6 +405,42 @@ class CpuPrinter:
         if node.batched:
             out.depth -= 1
 
+    def _print_EntrySum(self, out: _Lines, node: EntrySum) -> None:
+        out(f"# {comment_text(node.label)}: one independent expression per entry (naive)")
+        by_symbol = {a.symbol: a for a in node.args}
+        zero = self.scalar._num(0)
+        rows, cols = node.shape
+        for r in range(rows):
+            for c in range(cols):
+                out(f"{self.elem(node, 'i', r, c)} = {zero}")
+        if node.atoms:
+            out("for i in range(n):")
+            out.depth += 1
+        for r in range(rows):
+            for c in range(cols):
+                expr = node.exprs[r][c]
+                atoms = sorted(expr.atoms(MatrixElement), key=str) + sorted(
+                    (s for s in expr.free_symbols if isinstance(s, sp.Symbol) and s in by_symbol),
+                    key=str,
+                )
+                local = {}
+                for k, a in enumerate(atoms):
+                    sym = sp.Symbol(f"a{k}")
+                    local[a] = sym
+                    if isinstance(a, MatrixElement):
+                        out(f"{sym} = {self.elem(by_symbol[a.parent], 'i', int(a.i), int(a.j))}")
+                    else:
+                        out(f"{sym} = {self.elem(by_symbol[a], 'i', 0, 0)}")
+                temps, (reduced,) = sp.cse(
+                    expr.xreplace(local), symbols=sp.numbered_symbols("t"), optimizations="basic"
+                )
+                for t, e in temps:
+                    out(f"{t} = {self.scalar.doprint_expr(e)}")
+                scale = "inv_n * " if node.atoms else ""
+                out(f"{self.elem(node, 'i', r, c)} += {scale}({self.scalar.doprint_expr(reduced)})")
+        if node.atoms:
+            out.depth -= 1
+
     def _print_Transpose(self, out: _Lines, node: Transpose) -> None:
         pass  # a view: readers index the argument directly
 
@@ -447,11 +498,14 @@ class CpuPrinter:
         out(_DECORATOR)
         out(f"def backward({', '.join(args)}):")
         with out.indent():
-            out(
-                '"""Backward pass (strategy: '
-                + self.deriv.strategy
-                + '): every δ once, gradients averaged over the batch."""'
-            )
+            if self.deriv.strategy == "naive":
+                out(
+                    '"""Backward pass (naive): each gradient entry derived and computed on its own."""'
+                )
+            else:
+                out(
+                    '"""Backward pass (shared δ): every δ computed once; gradients are batch means."""'
+                )
             for node in self.deriv.backward:
                 self.statement(out, node)
             zero = self.scalar._num(0)
@@ -459,7 +513,10 @@ class CpuPrinter:
                 p = self.deriv.graph.params[k]
                 if gn is not None and self.names.get(gn.id) == f"g{k}":
                     continue
-                out(f"# ∂L/∂{comment_text(p.label)}" + (" = 0: the loss does not depend on it" if gn is None else ""))
+                out(
+                    f"# ∂L/∂{comment_text(p.label)}"
+                    + (" = 0: the loss does not depend on it" if gn is None else "")
+                )
                 r, c, d = self._loops(out, p.shape)
                 value = zero if gn is None else self.elem(gn, "0", r, c)
                 out(f"g{k}[{r}, {c}] = {value}")
@@ -500,7 +557,9 @@ class CpuPrinter:
         out(_DECORATOR)
         out(f"def update({', '.join(args)}):")
         with out.indent():
-            out(f'"""One optimizer step on every parameter; returns False if any result is not finite."""')
+            out(
+                '"""One optimizer step on every parameter; returns False if any result is not finite."""'
+            )
             for j, h in enumerate(hypers):
                 out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
             for e, h in hoisted_exprs.items():
@@ -572,7 +631,7 @@ class CpuPrinter:
                         for name, big in zip(data, full):
                             out(f"{name}b = {big}[lo:lo + n]")
                 batch = {name: f"{name}b" for name in data}
-                call = lambda fn, names: f"{fn}({', '.join(batch.get(x, x) for x in names)})"  # noqa: E731
+                call = lambda fn, names: f"{fn}({', '.join(batch.get(x, x) for x in names)})"
                 out(f"loss = {call('forward', fwd_args)}")
                 out("losses[step - start] = loss")
                 out("if not math.isfinite(loss):")
@@ -606,11 +665,15 @@ class CpuPrinter:
         g = self.deriv.graph
         header(f'"""gradc generated kernels (CPU, Numba): {what}.')
         header("")
-        header(f"strategy: {self.deriv.strategy}; dtype: {'float32' if self.float32 else 'float64'}")
+        header(
+            f"strategy: {self.deriv.strategy}; dtype: {'float32' if self.float32 else 'float64'}"
+        )
         for p in g.params:
             header(f"parameter {self.name(p)}: {comment_text(p.label)} {p.shape[0]}×{p.shape[1]}")
         for x in g.inputs + g.targets:
-            header(f"{x.role} {self.name(x)}: {comment_text(x.label)} {x.shape[0]}×{x.shape[1]} per sample")
+            header(
+                f"{x.role} {self.name(x)}: {comment_text(x.label)} {x.shape[0]}×{x.shape[1]} per sample"
+            )
         header('"""')
         header("import math")
         header("")
@@ -650,9 +713,13 @@ class CpuPrinter:
             float32=self.float32,
         )
 
-    def optimizer(self, rule: UpdateRule, kernels: CpuKernels, model_module: str) -> OptimizerKernels:
+    def optimizer(
+        self, rule: UpdateRule, kernels: CpuKernels, model_module: str
+    ) -> OptimizerKernels:
         upd, upd_args = self.update_kernel(rule)
-        trn, trn_args = self.train_kernel(rule, kernels.forward_args, kernels.backward_args, upd_args)
+        trn, trn_args = self.train_kernel(
+            rule, kernels.forward_args, kernels.backward_args, upd_args
+        )
         header = self._header(
             "optimizer update and fused training epoch",
             [

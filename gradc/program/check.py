@@ -7,7 +7,9 @@ import numpy as np
 __all__ = ["check_grad"]
 
 
-def check_grad(prog, params, X=None, Y=None, eps: float = 1e-6, max_entries: int = 64, seed: int = 0) -> float:
+def check_grad(
+    prog, params, X=None, Y=None, eps: float = 1e-6, max_entries: int = 64, seed: int = 0
+) -> float:
     """Largest relative error between ``prog.grad`` and central finite differences.
 
     Differences are taken in float64 on up to ``max_entries`` entries per
@@ -25,7 +27,9 @@ def check_grad(prog, params, X=None, Y=None, eps: float = 1e-6, max_entries: int
     grads = prog.grad(base, X, Y)
     worst = 0.0
     for key, value in base.items():
-        g = np.asarray(grads[key if isinstance(key, str) else key.name], dtype=np.float64).reshape(-1)
+        g = np.asarray(grads[key if isinstance(key, str) else key.name], dtype=np.float64).reshape(
+            -1
+        )
         flat = value.reshape(-1)
         idx = np.arange(flat.size)
         if flat.size > max_entries:

@@ -14,13 +14,13 @@ from ..spec.model import Spec
 from ..spec.optimizers import Optimizer
 from .program import Program
 
-__all__ = ["compile", "STRATEGIES", "TARGETS"]
+__all__ = ["STRATEGIES", "TARGETS", "compile"]
 
 STRATEGIES = ("shared", "naive")
 TARGETS = ("cpu", "cuda")
 
 
-def compile(  # noqa: A001 - the API's name
+def compile(
     objective,
     params=None,
     inputs=(),
@@ -61,7 +61,9 @@ def compile(  # noqa: A001 - the API's name
     if dtype not in ("float64", "float32"):
         raise GradcError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
-        raise GradcError(f"optimizer must be a gc.Optimizer (gc.SGD, gc.Adam, …), got {optimizer!r}")
+        raise GradcError(
+            f"optimizer must be a gc.Optimizer (gc.SGD, gc.Adam, …), got {optimizer!r}"
+        )
 
     start = time.perf_counter()
     graph = lower(spec)
@@ -78,11 +80,23 @@ def compile(  # noqa: A001 - the API's name
 
         kernels = print_cuda(derivation, dtype)
         return CudaProgram(
-            spec, graph, derivation, kernels, target=target, dtype=dtype,
-            optimizer=optimizer, derive_seconds=derive_seconds,
+            spec,
+            graph,
+            derivation,
+            kernels,
+            target=target,
+            dtype=dtype,
+            optimizer=optimizer,
+            derive_seconds=derive_seconds,
         )
     kernels = print_cpu(derivation, dtype)
     return Program(
-        spec, graph, derivation, kernels, target=target, dtype=dtype,
-        optimizer=optimizer, derive_seconds=derive_seconds,
+        spec,
+        graph,
+        derivation,
+        kernels,
+        target=target,
+        dtype=dtype,
+        optimizer=optimizer,
+        derive_seconds=derive_seconds,
     )

@@ -14,7 +14,7 @@ import sympy as sp
 from ..errors import GradcError
 from ..graph.nodes import Leaf
 
-__all__ = ["key_name", "param_array", "data_arrays"]
+__all__ = ["data_arrays", "key_name", "param_array"]
 
 
 def key_name(key) -> str:
@@ -32,7 +32,9 @@ def param_array(leaf: Leaf, value, dtype) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception:
-        raise GradcError(f"parameter {name!r}: cannot convert {type(value).__name__} to an array") from None
+        raise GradcError(
+            f"parameter {name!r}: cannot convert {type(value).__name__} to an array"
+        ) from None
     if arr.dtype.kind not in "fiu":
         raise GradcError(f"parameter {name!r}: expected real numbers, got dtype {arr.dtype}")
     rows, cols = leaf.shape
@@ -100,7 +102,9 @@ def data_arrays(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_ta
         arrays += [_one(leaf, v, dtype) for leaf, v in zip(targets, ys)]
     rows = {a.shape[0] for a in arrays}
     if len(rows) > 1:
-        sizes = ", ".join(f"{leaf.label}: {a.shape[0]}" for leaf, a in zip(inputs + targets, arrays))
+        sizes = ", ".join(
+            f"{leaf.label}: {a.shape[0]}" for leaf, a in zip(inputs + targets, arrays)
+        )
         raise GradcError(f"inputs and targets have different numbers of samples ({sizes})")
     n = rows.pop() if rows else 1
     if not (need_targets or Y is not None):

@@ -142,7 +142,9 @@ class Program:
         for p in self.graph.params:
             if p.label == name:
                 return p
-        raise GradcError(f"{name!r} is not a parameter of this program ({', '.join(self._param_names)})")
+        raise GradcError(
+            f"{name!r} is not a parameter of this program ({', '.join(self._param_names)})"
+        )
 
     def _params(self, params: Mapping) -> list[np.ndarray]:
         if not isinstance(params, Mapping):
@@ -184,7 +186,9 @@ class Program:
     def predict(self, params: Mapping, X=None) -> np.ndarray:
         """The output for each sample, shape (n, k): one row per sample."""
         if self.kernels.output_view is None:
-            raise GradcError("this program has no output: pass output= (or a Sequential) to compile")
+            raise GradcError(
+                "this program has no output: pass output= (or a Sequential) to compile"
+            )
         p = self._params(params)
         data, n = self._data(X, None, need_targets=False)
         ws = self._workspace(n)
@@ -208,8 +212,12 @@ class Program:
         ns = self._namespace(n, p, data, self._workspace(n))
         grads = [np.zeros(leaf.shape, dtype=self.dtype) for leaf in self.graph.params]
         ns.update({f"g{k}": g for k, g in enumerate(grads)})
-        loss = self._timed_call("forward", self.module.forward, [ns[a] for a in self.kernels.forward_args])
-        self._timed_call("backward", self.module.backward, [ns[a] for a in self.kernels.backward_args])
+        loss = self._timed_call(
+            "forward", self.module.forward, [ns[a] for a in self.kernels.forward_args]
+        )
+        self._timed_call(
+            "backward", self.module.backward, [ns[a] for a in self.kernels.backward_args]
+        )
         return float(loss), self._as_user_dict(grads, params)
 
     def grad(self, params: Mapping, X=None, Y=None) -> dict[str, np.ndarray]:
@@ -310,8 +318,12 @@ class Program:
                     l_out = np.zeros(stop - start)
                     n_out = np.zeros((stop - start, len(p)))
                     backup = [a.copy() for a in p] + [s.copy() for st in states for s in st]
-                    ns.update(start=start, stop=stop, t0=self._opt_steps(opt), losses=l_out, gnorms=n_out)
-                    status, at = self._timed_call("train", omod.train, [ns[a] for a in okern.train_args])
+                    ns.update(
+                        start=start, stop=stop, t0=self._opt_steps(opt), losses=l_out, gnorms=n_out
+                    )
+                    status, at = self._timed_call(
+                        "train", omod.train, [ns[a] for a in okern.train_args]
+                    )
                     ran = (at if status else stop) - start
                     if status == 3:  # undo the failed step: replay the good ones from the backup
                         for dst, src in zip(p + [s for st in states for s in st], backup):
@@ -336,7 +348,9 @@ class Program:
                         bar(stop - start, float(l_out[-1]))
                 done += in_epoch
                 if has_data:
-                    sizes = np.array([min(bs, nrows - b * bs) for b in range(in_epoch)], dtype=float)
+                    sizes = np.array(
+                        [min(bs, nrows - b * bs) for b in range(in_epoch)], dtype=float
+                    )
                     epoch_losses.append(float(np.dot(epoch_l, sizes) / sizes.sum()))
                 epoch += 1
         finally:
@@ -385,7 +399,11 @@ class Program:
         for leaf, arr in zip(self.graph.params, p):
             key = names[leaf.label]
             user = params[key]
-            if isinstance(user, np.ndarray) and user.dtype == arr.dtype and np.shares_memory(user, arr):
+            if (
+                isinstance(user, np.ndarray)
+                and user.dtype == arr.dtype
+                and np.shares_memory(user, arr)
+            ):
                 continue
             if isinstance(user, np.ndarray) and user.size == arr.size and user.dtype.kind == "f":
                 user[...] = arr.reshape(user.shape)

@@ -22,13 +22,13 @@ from ..errors import GradcError
 __all__ = [
     "Elementwise",
     "elementwise",
-    "lookup",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "softplus",
     "identity",
+    "leaky_relu",
+    "lookup",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "tanh",
 ]
 
 _z = sp.Symbol("z", real=True)

@@ -8,7 +8,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from ..errors import GradcError
 from .reductions import LogSumExp, MatrixSum
 
-__all__ = ["mse", "softmax_cross_entropy", "binary_cross_entropy"]
+__all__ = ["binary_cross_entropy", "mse", "softmax_cross_entropy"]
 
 _t = sp.Symbol("t", real=True)
 
@@ -47,9 +47,7 @@ def softmax_cross_entropy(logits, y):
     """
     logits, y, is_mat = _pair("softmax_cross_entropy", logits, y)
     if not is_mat:
-        raise GradcError(
-            f"softmax_cross_entropy needs a vector of logits, got the scalar {logits}"
-        )
+        raise GradcError(f"softmax_cross_entropy needs a vector of logits, got the scalar {logits}")
     return LogSumExp(logits) - MatrixSum(sp.HadamardProduct(y, logits))
 
 

@@ -70,9 +70,7 @@ class Spec:
             if output is None:
                 output = objective
             if len(self.targets) != 1:
-                raise GradcError(
-                    f"loss= needs exactly one target symbol, got {len(self.targets)}"
-                )
+                raise GradcError(f"loss= needs exactly one target symbol, got {len(self.targets)}")
             objective = loss(objective, self.targets[0])
         if isinstance(objective, (sp.MatrixExpr, sp.MatrixBase)):
             if objective.shape != (1, 1):
@@ -87,7 +85,9 @@ class Spec:
 
         data = set(self.inputs) | set(self.targets)
         if params is None:
-            free = _free_leaves(objective) | (_free_leaves(self.output) if output is not None else set())
+            free = _free_leaves(objective) | (
+                _free_leaves(self.output) if output is not None else set()
+            )
             params = sorted((s for s in free if s not in data), key=lambda s: s.name)
         self.params = _as_tuple("params", params)
         seen: dict[str, Leaf] = {}
@@ -108,7 +108,7 @@ class Spec:
                     )
 
     def __repr__(self) -> str:
-        names = lambda xs: ", ".join(s.name for s in xs)  # noqa: E731
+        names = lambda xs: ", ".join(s.name for s in xs)
         return (
             f"Spec(params=[{names(self.params)}], inputs=[{names(self.inputs)}], "
             f"targets=[{names(self.targets)}])"

@@ -17,7 +17,7 @@ import sympy as sp
 
 from ..errors import GradcError
 
-__all__ = ["Optimizer", "SGD", "Momentum", "Adam", "UpdateRule"]
+__all__ = ["SGD", "Adam", "Momentum", "Optimizer", "UpdateRule"]
 
 
 class UpdateRule:
@@ -47,8 +47,7 @@ class UpdateRule:
             extra = expr.free_symbols - allowed
             if extra:
                 raise GradcError(
-                    f"{type(opt).__name__}.rule uses unknown symbol(s) "
-                    f"{sorted(map(str, extra))}"
+                    f"{type(opt).__name__}.rule uses unknown symbol(s) {sorted(map(str, extra))}"
                 )
             self.assignments.append((target, expr))
 
@@ -87,7 +86,9 @@ class Optimizer:
             try:
                 values[k] = float(v)
             except (TypeError, ValueError):
-                raise GradcError(f"{type(self).__name__}: {k} must be a number, got {v!r}") from None
+                raise GradcError(
+                    f"{type(self).__name__}: {k} must be a number, got {v!r}"
+                ) from None
         self.values = values
         self._rule: UpdateRule | None = None
 
@@ -103,7 +104,12 @@ class Optimizer:
     def key(self) -> tuple:
         """What the compiled update kernel depends on (not the hyperparameter values)."""
         r = self.update_rule
-        return (type(self).__qualname__, r.state_names, r.hyper_names, tuple(map(str, r.assignments)))
+        return (
+            type(self).__qualname__,
+            r.state_names,
+            r.hyper_names,
+            tuple(map(str, r.assignments)),
+        )
 
     def __repr__(self) -> str:
         vals = ", ".join(f"{k}={v:g}" for k, v in self.values.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-__all__ = ["MatrixSum", "LogSumExp", "sum", "logsumexp"]
+__all__ = ["LogSumExp", "MatrixSum", "logsumexp", "sum"]
 
 
 class _MatrixReduction(sp.Expr):
@@ -69,7 +69,7 @@ class LogSumExp(_MatrixReduction):
         return sp.log(sp.Add(*[sp.exp(e) for e in self._entries()]))
 
 
-def sum(m):  # noqa: A001 - the API's name
+def sum(m):
     """Sum of all entries of ``m`` (a matrix expression); a scalar is returned as is.
 
     >>> import sympy as sp, gradc as gc

@@ -46,7 +46,7 @@ def _map(node: Map, delta: Node, needs) -> list[Node | None]:
     """δ_argₖ = δ_out ⊙ ∂f/∂argₖ; σ′ and friends are read through the forward value."""
     out = []
     row = node.elementwise
-    for k, (var, arg) in enumerate(zip(node.fn.variables, node.args)):
+    for var, arg in zip(node.fn.variables, node.args):
         if not needs(arg):
             out.append(None)
             continue

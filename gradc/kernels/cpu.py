@@ -631,7 +631,10 @@ class CpuPrinter:
                         for name, big in zip(data, full):
                             out(f"{name}b = {big}[lo:lo + n]")
                 batch = {name: f"{name}b" for name in data}
-                call = lambda fn, names: f"{fn}({', '.join(batch.get(x, x) for x in names)})"
+
+                def call(fn: str, names: list[str]) -> str:
+                    return f"{fn}({', '.join(batch.get(x, x) for x in names)})"
+
                 out(f"loss = {call('forward', fwd_args)}")
                 out("losses[step - start] = loss")
                 out("if not math.isfinite(loss):")

@@ -108,7 +108,9 @@ class Spec:
                     )
 
     def __repr__(self) -> str:
-        names = lambda xs: ", ".join(s.name for s in xs)
+        def names(xs):
+            return ", ".join(s.name for s in xs)
+
         return (
             f"Spec(params=[{names(self.params)}], inputs=[{names(self.inputs)}], "
             f"targets=[{names(self.targets)}])"

@@ -12,6 +12,7 @@ run-time arguments, so changing the learning rate recompiles nothing.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import sympy as sp
 
@@ -66,8 +67,8 @@ class Optimizer:
     0.001
     """
 
-    hyper: dict[str, float] = {"lr": 0.01}
-    state: tuple[str, ...] = ()
+    hyper: ClassVar[dict[str, float]] = {"lr": 0.01}
+    state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *args, **kwargs):
         names = list(self.hyper)
@@ -124,7 +125,7 @@ class SGD(Optimizer):
     SGD(lr=0.1)
     """
 
-    hyper = {"lr": 0.01}
+    hyper: ClassVar[dict[str, float]] = {"lr": 0.01}
 
     def rule(self, theta, g, s, h, t):
         return {theta: theta - h.lr * g}
@@ -138,7 +139,7 @@ class Momentum(Optimizer):
     Momentum(lr=0.1, beta=0.9)
     """
 
-    hyper = {"lr": 0.01, "beta": 0.9}
+    hyper: ClassVar[dict[str, float]] = {"lr": 0.01, "beta": 0.9}
     state = ("v",)
 
     def rule(self, theta, g, s, h, t):
@@ -154,7 +155,7 @@ class Adam(Optimizer):
     Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08)
     """
 
-    hyper = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    hyper: ClassVar[dict[str, float]] = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     state = ("m", "v")
 
     def rule(self, theta, g, s, h, t):

@@ -62,7 +62,9 @@ def cmd_demo(args) -> int:
     params = prog.init(seed=0)
     print(f"training on {n} samples, mini-batches of 16, SGD(lr=2.0):")
     start = time.perf_counter()
-    hist = prog.fit(params, X, Y, optimizer=gc.SGD(lr=2.0), epochs=args.epochs, batch_size=16, seed=0)
+    hist = prog.fit(
+        params, X, Y, optimizer=gc.SGD(lr=2.0), epochs=args.epochs, batch_size=16, seed=0
+    )
     seconds = time.perf_counter() - start
     for e in range(0, len(hist.epoch_loss), max(1, len(hist.epoch_loss) // 10)):
         print(f"  epoch {e + 1:4d}   loss {hist.epoch_loss[e]:.6f}")
@@ -130,7 +132,9 @@ def cmd_fit(args) -> int:
     )
     np.savez(args.out, **{k: np.asarray(v) for k, v in params.items()})
     last = hist.epoch_loss[-1] if hist.epoch_loss.size else float("nan")
-    print(f"trained {hist.steps} steps; final epoch loss {last:.6g}; parameters saved to {args.out}")
+    print(
+        f"trained {hist.steps} steps; final epoch loss {last:.6g}; parameters saved to {args.out}"
+    )
     return 0
 
 
@@ -148,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="the main job: 3-4-2 network derived, explained, compared, trained")
+    d = sub.add_parser(
+        "demo", help="the main job: 3-4-2 network derived, explained, compared, trained"
+    )
     d.add_argument("--epochs", type=int, default=200)
     d.set_defaults(fn=cmd_demo)
 

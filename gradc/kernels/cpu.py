@@ -92,9 +92,9 @@ class CpuKernels:
     output_view: tuple[str, bool] | None  # (storage name, transposed) for predict
     float32: bool
 
-    def optimizer(self, rule: UpdateRule, model_module: str) -> OptimizerKernels:
+    def optimizer(self, rule: UpdateRule) -> OptimizerKernels:
         """The update and training kernels for one optimizer rule."""
-        return self.printer.optimizer(rule, self, model_module)
+        return self.printer.optimizer(rule)
 
 
 @dataclass
@@ -464,71 +464,41 @@ class CpuPrinter:
     def delta_names(self) -> list[str]:
         return [b.name for b in self.buffers if b.role == "delta"]
 
-    def forward_kernel(self) -> tuple[str, list[str]]:
-        args = ["n", "inv_n", *self.param_names(), *self.data_names(), *self.value_names()]
-        out = _Lines()
-        out(_DECORATOR)
-        out(f"def forward({', '.join(args)}):")
-        with out.indent():
-            out('"""Forward pass over a batch of n samples; returns the mean loss."""')
-            for node in self.deriv.forward:
-                self.statement(out, node)
-            loss = self.deriv.graph.loss
-            if loss.batched:
-                out("total = 0.0")
-                out("for i in range(n):")
-                with out.indent():
-                    out(f"total += {self.elem(loss, 'i', 0, 0)}")
-                out("return total * inv_n")
-            else:
-                out(f"return {self.elem(loss, 'i', 0, 0)} * 1.0")
-        return out.text(), args
+    # -- bodies: shared by the stand-alone kernels and the fused training kernel --
+    def forward_body(self, out: _Lines) -> None:
+        """Forward statements; leaves the batch's mean loss in ``loss``."""
+        for node in self.deriv.forward:
+            self.statement(out, node)
+        loss = self.deriv.graph.loss
+        if loss.batched:
+            out("loss = 0.0")
+            out("for i in range(n):")
+            with out.indent():
+                out(f"loss += {self.elem(loss, 'i', 0, 0)}")
+            out("loss = loss * inv_n")
+        else:
+            out(f"loss = {self.elem(loss, 'i', 0, 0)} * 1.0")
 
-    def backward_kernel(self) -> tuple[str, list[str]]:
-        args = [
-            "n",
-            "inv_n",
-            *self.param_names(),
-            *self.data_names(),
-            *self.value_names(),
-            *self.delta_names(),
-            *self.grad_names(),
-        ]
-        out = _Lines()
-        out(_DECORATOR)
-        out(f"def backward({', '.join(args)}):")
-        with out.indent():
-            if self.deriv.strategy == "naive":
-                out(
-                    '"""Backward pass (naive): each gradient entry derived and computed on its own."""'
-                )
-            else:
-                out(
-                    '"""Backward pass (shared δ): every δ computed once; gradients are batch means."""'
-                )
-            for node in self.deriv.backward:
-                self.statement(out, node)
-            zero = self.scalar._num(0)
-            for k, gn in enumerate(self.deriv.grads):
-                p = self.deriv.graph.params[k]
-                if gn is not None and self.names.get(gn.id) == f"g{k}":
-                    continue
-                out(
-                    f"# ∂L/∂{comment_text(p.label)}"
-                    + (" = 0: the loss does not depend on it" if gn is None else "")
-                )
-                r, c, d = self._loops(out, p.shape)
-                value = zero if gn is None else self.elem(gn, "0", r, c)
-                out(f"g{k}[{r}, {c}] = {value}")
-                out.depth -= d
-            out("return 0")
-        return out.text(), args
+    def backward_body(self, out: _Lines) -> None:
+        for node in self.deriv.backward:
+            self.statement(out, node)
+        zero = self.scalar._num(0)
+        for k, gn in enumerate(self.deriv.grads):
+            p = self.deriv.graph.params[k]
+            if gn is not None and self.names.get(gn.id) == f"g{k}":
+                continue
+            out(
+                f"# ∂L/∂{comment_text(p.label)}"
+                + (" = 0: the loss does not depend on it" if gn is None else "")
+            )
+            r, c, d = self._loops(out, p.shape)
+            value = zero if gn is None else self.elem(gn, "0", r, c)
+            out(f"g{k}[{r}, {c}] = {value}")
+            out.depth -= d
 
-    def update_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
+    def update_body(self, out: _Lines, rule: UpdateRule) -> None:
+        """One optimizer step on every entry; ``check`` ends NaN if a new value is not finite."""
         params = self.deriv.graph.params
-        args = ["hp", "t", "scale"]
-        for k in range(len(params)):
-            args += [f"p{k}", f"g{k}"] + [f"s{k}_{j}" for j in range(len(rule.state_names))]
         theta, g = sp.Symbol("th"), sp.Symbol("gr")
         states = [sp.Symbol(f"st{j}") for j in range(len(rule.state_names))]
         hypers = [sp.Symbol(f"hp{j}") for j in range(len(rule.hyper_names))]
@@ -553,48 +523,83 @@ class CpuPrinter:
 
         exprs = [hoist(e) for e in exprs]
         temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t_"), optimizations="basic")
+        for j, h in enumerate(hypers):
+            out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
+        for e, h in hoisted_exprs.items():
+            out(f"{h} = {self.scalar.doprint_expr(e)}")
+        out(f"check = {self.scalar._num(0)}")
+        for k, p in enumerate(params):
+            out(f"# update {comment_text(p.label)}")
+            r, c, d = self._loops(out, p.shape)
+            out(f"th = p{k}[{r}, {c}]")
+            out(f"gr = g{k}[{r}, {c}] * scale")
+            for j in range(len(states)):
+                out(f"st{j} = s{k}_{j}[{r}, {c}]")
+            for t_sym, e in temps:
+                out(f"{t_sym} = {self.scalar.doprint_expr(e)}")
+            for tgt, e in zip(targets, reduced):
+                out(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+            for tgt in targets:
+                if tgt == theta:
+                    out(f"p{k}[{r}, {c}] = new_{tgt}")
+                    out(f"check += new_{tgt} * {self.scalar._num(0)}")
+                else:
+                    out(f"s{k}_{states.index(tgt)}[{r}, {c}] = new_{tgt}")
+            out.depth -= d
+
+    # -- kernels ------------------------------------------------------------------
+    def forward_kernel(self) -> tuple[str, list[str]]:
+        args = ["n", "inv_n", *self.param_names(), *self.data_names(), *self.value_names()]
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def forward({', '.join(args)}):")
+        with out.indent():
+            out('"""Forward pass over a batch of n samples; returns the mean loss."""')
+            self.forward_body(out)
+            out("return loss")
+        return out.text(), args
+
+    def backward_kernel(self) -> tuple[str, list[str]]:
+        args = ["n", "inv_n", *self.param_names(), *self.data_names(), *self.value_names()]
+        args += [*self.delta_names(), *self.grad_names()]
+        out = _Lines()
+        out(_DECORATOR)
+        out(f"def backward({', '.join(args)}):")
+        with out.indent():
+            if self.deriv.strategy == "naive":
+                out(
+                    '"""Backward pass (naive): each gradient entry derived and computed on its own."""'
+                )
+            else:
+                out(
+                    '"""Backward pass (shared δ): every δ computed once; gradients are batch means."""'
+                )
+            self.backward_body(out)
+            out("return 0")
+        return out.text(), args
+
+    def update_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
+        args = ["hp", "t", "scale"]
+        for k in range(len(self.deriv.graph.params)):
+            args += [f"p{k}", f"g{k}"] + [f"s{k}_{j}" for j in range(len(rule.state_names))]
         out = _Lines()
         out(_DECORATOR)
         out(f"def update({', '.join(args)}):")
         with out.indent():
-            out(
-                '"""One optimizer step on every parameter; returns False if any result is not finite."""'
-            )
-            for j, h in enumerate(hypers):
-                out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
-            for e, h in hoisted_exprs.items():
-                out(f"{h} = {self.scalar.doprint_expr(e)}")
-            out(f"check = {self.scalar._num(0)}")
-            for k, p in enumerate(params):
-                out(f"# {comment_text(p.label)}")
-                r, c, d = self._loops(out, p.shape)
-                out(f"th = p{k}[{r}, {c}]")
-                out(f"gr = g{k}[{r}, {c}] * scale")
-                for j in range(len(states)):
-                    out(f"st{j} = s{k}_{j}[{r}, {c}]")
-                for t_sym, e in temps:
-                    out(f"{t_sym} = {self.scalar.doprint_expr(e)}")
-                for tgt, e in zip(targets, reduced):
-                    out(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
-                for tgt in targets:
-                    if tgt == theta:
-                        out(f"p{k}[{r}, {c}] = new_{tgt}")
-                        out(f"check += new_{tgt} * {self.scalar._num(0)}")
-                    else:
-                        j = states.index(tgt)
-                        out(f"s{k}_{j}[{r}, {c}] = new_{tgt}")
-                out.depth -= d
+            out('"""One optimizer step on every parameter; False if any result is not finite."""')
+            self.update_body(out, rule)
             out("return check == check  # NaN only if some new value was inf or NaN")
         return out.text(), args
 
-    def train_kernel(self, rule: UpdateRule, fwd_args, bwd_args, upd_args) -> tuple[str, list[str]]:
+    def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
         g = self.deriv.graph
         data = self.data_names()
         full = [n.upper() for n in data]
+        gather = [f"{n}buf" for n in data]
         nstate = len(rule.state_names)
         states = [f"s{k}_{j}" for k in range(len(g.params)) for j in range(nstate)]
         args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "t0", "clip"]
-        args += full + self.param_names() + states + data
+        args += full + self.param_names() + states + gather
         args += self.value_names() + self.delta_names() + self.grad_names() + ["losses", "gnorms"]
         out = _Lines()
         out(_DECORATOR)
@@ -602,6 +607,7 @@ class CpuPrinter:
         with out.indent():
             out('"""Steps start..stop of one epoch of mini-batches, without returning to Python.')
             out("")
+            out("Forward, backward and update are inlined so that LLVM sees one loop.")
             out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
             out('became non-finite at that step (no update was kept for 1 and 2)."""')
             out("if shuffle and start == 0:")
@@ -620,27 +626,25 @@ class CpuPrinter:
                         with out.indent():
                             out("row = perm[lo + i]")
                             # explicit loops: slice assignment costs seconds of Numba compile time
-                            for leaf, name, big in zip(g.inputs + g.targets, data, full):
+                            for leaf, buf, big in zip(g.inputs + g.targets, gather, full):
                                 out(f"for j in range({leaf.size}):")
                                 with out.indent():
-                                    out(f"{name}[i, j] = {big}[row, j]")
-                        for name in data:
-                            out(f"{name}b = {name}[:n]")
+                                    out(f"{buf}[i, j] = {big}[row, j]")
+                        for name, buf in zip(data, gather):
+                            out(f"{name} = {buf}[:n]")
                     out("else:")
                     with out.indent():
                         for name, big in zip(data, full):
-                            out(f"{name}b = {big}[lo:lo + n]")
-                batch = {name: f"{name}b" for name in data}
-
-                def call(fn: str, names: list[str]) -> str:
-                    return f"{fn}({', '.join(batch.get(x, x) for x in names)})"
-
-                out(f"loss = {call('forward', fwd_args)}")
+                            out(f"{name} = {big}[lo:lo + n]")
+                out("# ---- forward")
+                self.forward_body(out)
                 out("losses[step - start] = loss")
                 out("if not math.isfinite(loss):")
                 with out.indent():
                     out("return 1, step")
-                out(call("backward", bwd_args))
+                out("# ---- backward")
+                self.backward_body(out)
+                out("# ---- gradient norms (History, clip_norm, divergence check)")
                 out("total = 0.0")
                 for k, p in enumerate(g.params):
                     out("sq = 0.0")
@@ -657,7 +661,9 @@ class CpuPrinter:
                 with out.indent():
                     out("scale = F(clip / math.sqrt(total))")
                 out("t = F(t0 + step - start + 1)")
-                out(f"if not {call('update', upd_args)}:")
+                out("# ---- update")
+                self.update_body(out, rule)
+                out("if not check == check:")
                 with out.indent():
                     out("return 3, step")
             out("return 0, stop")
@@ -716,20 +722,15 @@ class CpuPrinter:
             float32=self.float32,
         )
 
-    def optimizer(
-        self, rule: UpdateRule, kernels: CpuKernels, model_module: str
-    ) -> OptimizerKernels:
+    def optimizer(self, rule: UpdateRule) -> OptimizerKernels:
         upd, upd_args = self.update_kernel(rule)
-        trn, trn_args = self.train_kernel(
-            rule, kernels.forward_args, kernels.backward_args, upd_args
-        )
+        trn, trn_args = self.train_kernel(rule)
         header = self._header(
             "optimizer update and fused training epoch",
-            [
-                "from gradc.kernels.runtime import shuffle_rows",
-                f"from {model_module} import backward, forward",
-            ],
+            ["from gradc.kernels.runtime import shuffle_rows"],
         )
+        for name, value in self.consts:
+            header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
         header("")
         parts = {"update": upd, "train": trn}
         text = header.text() + "\n" + "\n\n".join(parts.values())

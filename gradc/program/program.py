@@ -84,7 +84,7 @@ class Program:
         key = opt.key()
         found = self._opt_modules.get(key)
         if found is None:
-            okern = self.kernels.optimizer(opt.update_rule, self.module.__name__)
+            okern = self.kernels.optimizer(opt.update_rule)
             found = (okern, load_module(okern.module_source))
             self._opt_modules[key] = found
         return found
@@ -291,7 +291,13 @@ class Program:
         hp = np.array([opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype)
         ws = self._workspace(bs)
         grads = [np.zeros(leaf.shape, dtype=self.dtype) for leaf in self.graph.params]
-        ns = self._namespace(bs, p, [np.zeros((bs, d.shape[1]), self.dtype) for d in data], ws)
+        ns = self._namespace(bs, p, [], ws)
+        ns.update(
+            {
+                f"{name}buf": np.zeros((bs, d.shape[1]), self.dtype)
+                for name, d in zip(self._data_names(), data)
+            }
+        )
         ns.update({f"g{k}": g for k, g in enumerate(grads)})
         ns.update({name.upper(): arr for name, arr in zip(self._data_names(), data)})
         for k, st in enumerate(states):

@@ -35,6 +35,19 @@ class History:
     grad_norms: dict = field(default_factory=dict)
     seconds: float = 0.0
     samples: int = 0
+    weights: list = field(default_factory=list)
+
+    def layer_norms(self) -> dict[str, float]:
+        """Median gradient norm of each layer's weights, first layer first."""
+        from .health import layer_norms
+
+        return layer_norms(self.grad_norms, self.weights)
+
+    def health(self) -> list[str]:
+        """Findings about vanishing or exploding gradients, in plain words."""
+        from .health import diagnose
+
+        return diagnose(self.grad_norms, self.weights)
 
     @property
     def steps(self) -> int:

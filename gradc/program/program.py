@@ -20,6 +20,7 @@ from ..kernels.cpu import CpuKernels
 from ..spec.model import Spec
 from ..spec.optimizers import SGD, Optimizer
 from .data import data_arrays, key_name, param_array
+from .health import warn_if_unhealthy
 from .history import History
 from .init import initial_values
 
@@ -249,6 +250,7 @@ class Program:
         clip_norm: float | None = None,
         progress: bool = False,
         record_path: bool = False,
+        warn_health: bool = True,
     ) -> History:
         """Train ``params`` in place with the fused epoch kernel; returns a :class:`History`.
 
@@ -256,7 +258,8 @@ class Program:
         (reshuffled each epoch when ``shuffle``). ``steps`` (total update steps)
         overrides ``epochs``. On a non-finite loss, gradient or parameter the run
         stops, ``params`` go back to their last finite values, and ``GradcError``
-        says at which step.
+        says at which step. ``warn_health`` warns once (``GradientHealthWarning``)
+        about vanishing or exploding gradients, naming the remedies.
         """
         opt = optimizer if optimizer is not None else self.optimizer
         if not isinstance(opt, Optimizer):
@@ -370,8 +373,23 @@ class Program:
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
             history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
+            history.weights = self._weight_names()
         self._write_back(p, params)
+        if warn_health:
+            warn_if_unhealthy(history.grad_norms, history.weights)
         return history
+
+    def _weight_names(self) -> list[str]:
+        """Parameters multiplied in a matrix product (layer weights), in parameter order."""
+        from ..graph.nodes import MatMul, Transpose
+
+        used = set()
+        for node in self.graph.order:
+            if isinstance(node, MatMul):
+                for a in node.args:
+                    a = a.args[0] if isinstance(a, Transpose) else a
+                    used.add(a.id)
+        return [p.label for p in self.graph.params if p.id in used and not p.is_scalar]
 
     def _data_names(self) -> list[str]:
         return [f"x{k}" for k in range(len(self.graph.inputs))] + [

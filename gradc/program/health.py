@@ -1,0 +1,63 @@
+"""program stage: gradient health — the seeds' vanishing and exploding gradients, in words.
+
+``fit`` records every parameter's gradient norm at every step; this module reads
+those norms and warns once when early layers learn orders of magnitude slower
+than late ones (vanishing), or when the norms grow without bound (exploding).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["GradientHealthWarning", "layer_norms", "diagnose", "warn_if_unhealthy"]
+
+VANISHING_RATIO = 1e-3
+EXPLODING_GROWTH = 1e3
+
+
+class GradientHealthWarning(UserWarning):
+    """Gradients that vanish or explode across layers or steps."""
+
+
+def layer_norms(grad_norms: dict[str, np.ndarray], weights: list[str]) -> dict[str, float]:
+    """Median gradient norm of each weight parameter, in layer order."""
+    return {w: float(np.median(grad_norms[w])) for w in weights if grad_norms[w].size}
+
+
+def diagnose(grad_norms: dict[str, np.ndarray], weights: list[str]) -> list[str]:
+    """Plain-language findings (empty when the gradients look healthy)."""
+    found = []
+    norms = layer_norms(grad_norms, weights)
+    if len(norms) >= 2:
+        first, last = weights[0], weights[-1]
+        if first in norms and last in norms and norms[last] > 0:
+            ratio = norms[first] / norms[last]
+            if ratio < VANISHING_RATIO:
+                found.append(
+                    f"vanishing gradients: the first layer's weights ({first}) get gradients "
+                    f"{1 / max(ratio, 1e-300):.0e} times smaller than the last layer's ({last}), "
+                    "so early layers barely learn. Each layer multiplies the gradient by "
+                    "derivatives below 1 (a sigmoid's is at most 0.25). Remedies: ReLU "
+                    "activations, He initialisation, batch normalisation, residual connections."
+                )
+    totals = np.sqrt(sum(np.asarray(v, dtype=float) ** 2 for v in grad_norms.values()))
+    if np.size(totals) >= 4:
+        k = max(1, totals.size // 10)
+        early, late = np.median(totals[:k]), np.median(totals[-k:])
+        if early > 0 and late / early > EXPLODING_GROWTH:
+            found.append(
+                f"exploding gradients: the gradient norm grew from {early:.3g} to {late:.3g} "
+                "during training. Each layer multiplies it by derivatives or weights above 1. "
+                "Remedies: gradient clipping (fit(..., clip_norm=1.0)), weight "
+                "regularisation, a smaller learning rate."
+            )
+    return found
+
+
+def warn_if_unhealthy(grad_norms: dict[str, np.ndarray], weights: list[str]) -> list[str]:
+    found = diagnose(grad_norms, weights)
+    for text in found:
+        warnings.warn(text, GradientHealthWarning, stacklevel=3)
+    return found

@@ -91,17 +91,12 @@ def _matmul(node: MatMul, delta: Node, needs) -> list[Node | None]:
 
 
 def _product(left: Node, right: Node, target: Node) -> Node:
+    """left·right as the δ of ``target``: a batch contraction when a parameter's δ
+    is built from per-sample factors, a scaled copy when one factor is 1×1."""
     if left.batched and right.batched and not target.batched:
         return MatMul(left, right, contract=True)  # Σₙ δₙ·xₙᵀ
-    if (
-        left.is_scalar
-        or right.is_scalar
-        or (left.batched and right.batched and left.shape[1] == 1 and left.shape[0] != 1)
-    ):
-        # per-sample scalar times vector, or an outer product of per-sample vectors
+    if left.is_scalar or right.is_scalar:
         s, m = (left, right) if left.is_scalar else (right, left)
-        if not (left.is_scalar or right.is_scalar):
-            raise GradcError("per-sample outer products are not supported")
         u, c = sp.Dummy("u", real=True), sp.Dummy("c", real=True)
         return reduce_to(make_map(sp.Lambda((c, u), c * u), (s, m), target.shape), target)
     return reduce_to(MatMul(left, right), target)

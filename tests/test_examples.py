@@ -27,8 +27,13 @@ def _env(out_dir, *paths):
     """Environment for an example: reduced size, one BLAS thread, Agg, gradc importable."""
     env = dict(os.environ)
     pythonpath = [*map(str, paths), str(ROOT), env.get("PYTHONPATH", "")]
-    env.update(GRADC_EXAMPLE_SMALL="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg",
-               GRADC_EXAMPLE_OUT=str(out_dir), PYTHONPATH=os.pathsep.join(filter(None, pythonpath)))
+    env.update(
+        GRADC_EXAMPLE_SMALL="1",
+        OPENBLAS_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+        GRADC_EXAMPLE_OUT=str(out_dir),
+        PYTHONPATH=os.pathsep.join(filter(None, pythonpath)),
+    )
     return env
 
 
@@ -40,9 +45,14 @@ def run(tmp_path_factory):
     def _run(name):
         if name not in done:
             out_dir = tmp_path_factory.mktemp(name)
-            proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], cwd=ROOT,
-                                  env=_env(out_dir), capture_output=True, text=True,
-                                  timeout=300)
+            proc = subprocess.run(
+                [sys.executable, str(EXAMPLES / f"{name}.py")],
+                cwd=ROOT,
+                env=_env(out_dir),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             done[name] = proc, out_dir
         proc, out_dir = done[name]
         assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout}\n{proc.stderr}"
@@ -59,8 +69,15 @@ def grab(pattern, text):
 
 
 def test_every_example_is_tested():
-    assert set(NAMES) == {"bowl", "custom", "digits", "gd_variants", "linear_regression",
-                          "network_342", "vanishing_exploding"}
+    assert set(NAMES) == {
+        "bowl",
+        "custom",
+        "digits",
+        "gd_variants",
+        "linear_regression",
+        "network_342",
+        "vanishing_exploding",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,8 +100,14 @@ def test_runs_without_matplotlib(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('matplotlib blocked for this test')\n")
     env = _env(tmp_path / "out", fake.parent)
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "bowl.py")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "bowl.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "plot skipped" in proc.stdout
     assert not (tmp_path / "out" / "bowl.png").exists()
@@ -165,6 +188,9 @@ def test_custom_pieces_match_numpy(run):
     assert fd < 1e-5
     (step,) = grab(rf"one RMSProp step vs NumPy: largest difference {NUM}", out)
     assert step < 1e-10
-    first, last, rmse = grab(rf"log-cosh loss {NUM} -> {NUM}; RMS distance to sin\(2x\) "
-                             rf"on the inliers {NUM}", out)
-    assert last < first and rmse < 0.5
+    first, last, rmse = grab(
+        rf"log-cosh loss {NUM} -> {NUM}; RMS distance to the curve "
+        rf"on the inliers {NUM}",
+        out,
+    )
+    assert last < first and rmse < 0.3

@@ -109,6 +109,6 @@ def test_several_inputs_and_predict():
     prog = gc.compile(gc.mse(yhat, y), params=[w1, w2], inputs=[a, b], targets=[y], output=yhat)
     A, B = np.linspace(0, 1, 5), np.linspace(1, 2, 5)
     params = prog.init({w1: 2.0, w2: -1.0})
-    assert np.allclose(prog.predict(params, (A, B)), 2 * A - np.sin(B))
+    assert np.allclose(prog.predict(params, (A, B)), (2 * A - np.sin(B))[:, None])
     with pytest.raises(gc.GradcError, match="tuple"):
         prog.loss(params, A, A)

@@ -202,9 +202,6 @@ class Program:
             result = np.array(value[:n], copy=True)
         else:
             result = np.repeat(np.asarray(value).reshape(1, -1), n, axis=0)
-        given = X if isinstance(X, (tuple, list)) and len(self.graph.inputs) > 1 else [X]
-        if out.is_scalar and X is not None and all(np.ndim(x) == 1 for x in given):
-            return result.reshape(n)  # scalar output for 1-d data: shaped like the data
         return result
 
     def value_and_grad(self, params: Mapping, X=None, Y=None):

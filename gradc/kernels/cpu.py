@@ -651,7 +651,7 @@ class CpuPrinter:
                     r, c, d = self._loops(out, p.shape)
                     out(f"sq += g{k}[{r}, {c}] * g{k}[{r}, {c}]")
                     out.depth -= d
-                    out(f"gnorms[step - start, {k}] = math.sqrt(sq)")
+                    out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
                     out("total += sq")
                 out("if not math.isfinite(total):")
                 with out.indent():

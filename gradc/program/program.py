@@ -365,7 +365,7 @@ class Program:
             if bar is not None:
                 bar.close()
             history.loss = np.concatenate(losses) if losses else np.zeros(0)
-            all_norms = np.concatenate(norms) if norms else np.zeros((0, len(p)))
+            all_norms = np.sqrt(np.concatenate(norms)) if norms else np.zeros((0, len(p)))
             history.grad_norms = {name: all_norms[:, k] for k, name in enumerate(self._param_names)}
             history.epoch_loss = np.array(epoch_losses)
             history.path = path

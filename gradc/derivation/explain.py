@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import sympy as sp
+
 from ..graph.nodes import Leaf, Map, MatMul, Node, Transpose
 from .names import display_names
 from .program import Derivation
@@ -14,6 +16,8 @@ _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def _pretty(text: str) -> str:
+    # Iverson brackets for step functions: Piecewise((1, a > 0), (0, True)) → [a > 0]
+    text = re.sub(r"Piecewise\(\(1, ([^()]*)\), \(0, True\)\)", r"[\1]", text)
     text = re.sub(r"\*\*(\d+)", lambda m: m.group(1).translate(_SUPERSCRIPT), text)
     return text.replace("*", "·")
 
@@ -35,13 +39,35 @@ def explain(deriv: Derivation, latex: bool = False) -> str:
     True
     """
     names = display_names(deriv)
+    seed = deriv.seed
+
+    def symbolic(node: Node) -> sp.Expr:
+        """Named nodes as symbols, unnamed Maps composed in, so SymPy tidies the algebra."""
+        n = names.get(node.id)
+        if node is seed:
+            return 1 / sp.Symbol("n") if seed.batched else sp.Integer(1)
+        if n is not None:
+            return sp.Symbol(n)
+        if isinstance(node, Map):
+            return node.fn.expr.xreplace(
+                {v: symbolic(a) for v, a in zip(node.fn.variables, node.args)}
+            )
+        return sp.Symbol(formula(node))
+
+    def formula(node: Node) -> str:
+        if isinstance(node, Map) and node.elementwise is None:
+            return sp.sstr(symbolic_body(node))
+        return node.formula(name)
+
+    def symbolic_body(node: Map) -> sp.Expr:
+        return node.fn.expr.xreplace({v: symbolic(a) for v, a in zip(node.fn.variables, node.args)})
 
     def name(node: Node) -> str:
         n = names.get(node.id)
         if n is not None:
             return n
-        inner = node.formula(name)
-        return inner if isinstance(node, Transpose) else f"({inner})"
+        inner = formula(node)
+        return inner if isinstance(node, (Transpose, MatMul, Map)) else f"({inner})"
 
     def shown(node: Node) -> bool:
         return names.get(node.id) is not None and not isinstance(node, (Leaf, Transpose))
@@ -51,21 +77,20 @@ def explain(deriv: Derivation, latex: bool = False) -> str:
     lines.append(f"Forward, one sample (strategy: {deriv.strategy}):")
     for node in deriv.forward:
         if shown(node):
-            lines.append(_row(fmt(f"{names[node.id]} = {node.formula(name)}"), node, latex))
+            lines.append(_row(fmt(f"{names[node.id]} = {formula(node)}"), node, latex))
     if deriv.strategy == "naive":
         lines.append("Backward: one independent derivative per parameter entry (nothing shared):")
     else:
         lines.append(
             "Backward, shared δ — each computed once, reused by every gradient that needs it:"
         )
-    lines.append(
-        fmt(f"  δL = {deriv.seed.label}   (the loss is averaged over the n samples of a batch)")
-    )
+    if seed.batched:
+        lines.append(fmt("  δL = 1/n   (the loss is averaged over the n samples of a batch)"))
+    else:
+        lines.append(fmt("  δL = 1"))
     for node in deriv.backward:
         if shown(node):
-            lines.append(
-                _row(fmt(f"{names[node.id]} = {node.formula(name)}"), node, latex, _why(node))
-            )
+            lines.append(_row(fmt(f"{names[node.id]} = {formula(node)}"), node, latex, _why(node)))
     for k, g in enumerate(deriv.grads):
         p = deriv.graph.params[k]
         if g is None:

@@ -65,7 +65,7 @@ def _version(mod_name: str) -> str:
     try:
         mod = __import__(mod_name)
         return str(getattr(mod, "__version__", "?"))
-    except Exception:  # noqa: BLE001 - info only
+    except Exception:
         return "not installed"
 
 
@@ -84,8 +84,10 @@ def blas_threads() -> list[str]:
         extra = pool.get("internal_api", "")
         if pool.get("architecture"):
             extra += f" {pool['architecture']}"
-        out.append(f"{name} ({extra.strip()}, version {pool.get('version')}): "
-                   f"{pool.get('num_threads')} thread(s)")
+        out.append(
+            f"{name} ({extra.strip()}, version {pool.get('version')}): "
+            f"{pool.get('num_threads')} thread(s)"
+        )
     return out
 
 
@@ -103,14 +105,21 @@ def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, object]:
         pass
     for mod in ("numpy", "scipy", "numba", "llvmlite", "sympy", *extra_modules):
         info[mod] = _version(mod)
+    try:
+        info["load average (1, 5, 15 min) at report time"] = ", ".join(
+            f"{x:.2f}" for x in os.getloadavg()
+        )
+    except OSError:
+        pass
     info["thread env"] = ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in THREAD_VARS)
     if "numba" in sys.modules:
         try:
             import numba
 
             info["numba threading layer / NUMBA_NUM_THREADS"] = (
-                f"{numba.config.THREADING_LAYER} / {numba.config.NUMBA_NUM_THREADS}")
-        except Exception:  # noqa: BLE001
+                f"{numba.config.THREADING_LAYER} / {numba.config.NUMBA_NUM_THREADS}"
+            )
+        except Exception:
             pass
     info["BLAS thread pools loaded"] = blas_threads()
     return info
@@ -162,8 +171,9 @@ def median_time(fn, repeats: int, setup=None, disable_gc: bool = True) -> float:
     return _median(times)
 
 
-def interleaved_medians(fns: dict[str, object], repeats: int,
-                        disable_gc: bool = True) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, object], repeats: int, disable_gc: bool = True
+) -> dict[str, float]:
     """Median seconds per callable, calling them in turn (a, b, a, b, ...) so
     that a slow phase of the machine hits all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -190,8 +200,10 @@ def markdown_table(headers: list[str], rows: list[list[object]], align: str | No
     if align is None:
         align = "l" + "r" * (len(headers) - 1)
     marks = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(str(h) for h in headers) + " |",
-             "|" + "|".join(marks[a] for a in align) + "|"]
+    lines = [
+        "| " + " | ".join(str(h) for h in headers) + " |",
+        "|" + "|".join(marks[a] for a in align) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)

@@ -28,17 +28,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import pin_threads  # noqa: E402  (stdlib only, loads no BLAS)
+from _common import pin_threads  # stdlib only: loads no BLAS
 
 THREAD_ENV = pin_threads(1)  # BEFORE numpy is imported
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import itertools  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-
 from _common import (  # noqa: E402
     add_repo_to_path,
     command_line,
@@ -68,6 +68,7 @@ CONFIGS = [
 # data and model
 # --------------------------------------------------------------------------
 
+
 def make_data(sizes, n, seed=0):
     rng = np.random.default_rng(seed)
     n_in, n_out = sizes[0], sizes[-1]
@@ -82,7 +83,7 @@ def make_data(sizes, n, seed=0):
 
 
 def build(sizes):
-    layers = [gc.Dense(a, b, gc.sigmoid) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers = [gc.Dense(a, b, gc.sigmoid) for a, b in itertools.pairwise(sizes)]
     return gc.Sequential(*layers)
 
 
@@ -91,7 +92,7 @@ def layer_keys(net, sizes):
     (W is (n_out, n_in), b is (n_out, 1))."""
     syms = list(net.params)
     keys = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in itertools.pairwise(sizes):
         W = next(s for s in syms if tuple(int(d) for d in s.shape) == (n_out, n_in))
         syms.remove(W)
         b = next(s for s in syms if tuple(int(d) for d in s.shape) == (n_out, 1))
@@ -106,6 +107,7 @@ def layer_keys(net, sizes):
 # the NumPy reference: hand-written δ recursion, one SGD epoch, in-order batches
 # --------------------------------------------------------------------------
 
+
 def numpy_epoch(P, keys, X, Y, B, lr):
     """One epoch of mini-batch SGD on params dict P (updated in place).
 
@@ -119,8 +121,8 @@ def numpy_epoch(P, keys, X, Y, B, lr):
     steps = (n + B - 1) // B
     losses = np.empty(steps)
     for s in range(steps):
-        a = X[s * B:(s + 1) * B]
-        y = Y[s * B:(s + 1) * B]
+        a = X[s * B : (s + 1) * B]
+        y = Y[s * B : (s + 1) * B]
         m = a.shape[0]
         acts = [a]
         for W, b in zip(Ws, bs):
@@ -129,20 +131,33 @@ def numpy_epoch(P, keys, X, Y, B, lr):
         err = a - y
         losses[s] = 0.5 * np.vdot(err, err) / m
         delta = err * (a * (1.0 - a)) * (1.0 / m)
-        for l in range(L - 1, -1, -1):
-            a_prev = acts[l]
+        for li in range(L - 1, -1, -1):
+            a_prev = acts[li]
             gW = delta.T @ a_prev
             gb = delta.sum(axis=0)[:, None]
-            if l > 0:
-                delta = (delta @ Ws[l]) * (a_prev * (1.0 - a_prev))
-            Ws[l] -= lr * gW
-            bs[l] -= lr * gb
+            if li > 0:
+                delta = (delta @ Ws[li]) * (a_prev * (1.0 - a_prev))
+            Ws[li] -= lr * gW
+            bs[li] -= lr * gb
     return losses
+
+
+def _cache_files():
+    """Numba cache index files in gradc's kernel cache (None if unknown)."""
+    try:
+        from gradc.kernels.cache import cache_dir  # internal; only for the report
+
+        return {
+            f"{f.name}@{f.stat().st_mtime_ns}" for f in (cache_dir() / "__pycache__").glob("*.nbi")
+        }
+    except Exception:
+        return None
 
 
 # --------------------------------------------------------------------------
 # one configuration
 # --------------------------------------------------------------------------
+
 
 def run_config(name, sizes, B, n, repeats, target, log):
     X, Y = make_data(sizes, n)
@@ -162,9 +177,15 @@ def run_config(name, sizes, B, n, repeats, target, log):
     opt = gc.SGD(lr=LR)
 
     # --- first epoch of each from the same start: correctness + JIT time
+    before = _cache_files()
     t0 = time.perf_counter()
     hist = prog.fit(P_g, X, Y, optimizer=opt, epochs=1, batch_size=B, shuffle=False)
     t_first = time.perf_counter() - t0
+    after = _cache_files()
+    if before is None or after is None:
+        cache_state = "?"
+    else:
+        cache_state = "compiled" if after - before else "cached"
     loss_n = numpy_epoch(P_n, keys, X, Y, B, LR)
 
     dw = max(float(np.max(np.abs(np.asarray(P_g[k]) - P_n[k]))) for k in params0)
@@ -175,29 +196,42 @@ def run_config(name, sizes, B, n, repeats, target, log):
     else:
         dloss = float("nan")
         log(f"   !! gradc History.loss has {loss_g.size} entries, expected {steps}")
-    log(f"   gc.compile {t_compile:.3f} s, first fit (JIT + 1 epoch) {t_first:.3f} s")
-    log(f"   max |W_gradc - W_numpy| = {dw:.3e} (weights moved by up to {moved:.3e}); "
-        f"max |loss diff| = {dloss:.3e}")
+    log(
+        f"   gc.compile {t_compile:.3f} s, first fit (JIT + 1 epoch) {t_first:.3f} s "
+        f"[{cache_state}]"
+    )
+    log(
+        f"   max |W_gradc - W_numpy| = {dw:.3e} (weights moved by up to {moved:.3e}); "
+        f"max |loss diff| = {dloss:.3e}"
+    )
 
     # --- warm-up (a second call of each; kernels already compiled)
     prog.fit(P_g, X, Y, optimizer=opt, epochs=1, batch_size=B, shuffle=False)
     numpy_epoch(P_n, keys, X, Y, B, LR)
 
-    med = interleaved_medians({
-        "gradc": lambda: prog.fit(P_g, X, Y, optimizer=opt, epochs=1, batch_size=B,
-                                  shuffle=False),
-        "numpy": lambda: numpy_epoch(P_n, keys, X, Y, B, LR),
-    }, repeats)
+    med = interleaved_medians(
+        {
+            "gradc": lambda: prog.fit(
+                P_g, X, Y, optimizer=opt, epochs=1, batch_size=B, shuffle=False
+            ),
+            "numpy": lambda: numpy_epoch(P_n, keys, X, Y, B, LR),
+        },
+        repeats,
+    )
     t_g, t_n = med["gradc"], med["numpy"]
 
     # --- fixed cost of one fit call: one epoch of a single batch
     X1, Y1 = X[:B].copy(), Y[:B].copy()
     P_1 = copy.deepcopy(params0)
-    t_one = median_time(lambda: prog.fit(P_1, X1, Y1, optimizer=opt, epochs=1, batch_size=B,
-                                         shuffle=False), max(3, repeats))
+    t_one = median_time(
+        lambda: prog.fit(P_1, X1, Y1, optimizer=opt, epochs=1, batch_size=B, shuffle=False),
+        max(3, repeats),
+    )
     # --- the brief's literal call: a fresh optimizer object per fit call
-    t_fresh = median_time(lambda: prog.fit(P_1, X, Y, optimizer=gc.SGD(lr=LR), epochs=1,
-                                           batch_size=B, shuffle=False), max(3, repeats // 4))
+    t_fresh = median_time(
+        lambda: prog.fit(P_1, X, Y, optimizer=gc.SGD(lr=LR), epochs=1, batch_size=B, shuffle=False),
+        max(3, repeats // 4),
+    )
 
     ratio = t_n / t_g
     if target is None:
@@ -205,41 +239,112 @@ def run_config(name, sizes, B, n, repeats, target, log):
     else:
         need = target[1]
         verdict = ("PASS" if ratio >= need else "FAIL") + f" (need ≥ {need:.2f}×)"
-    log(f"   gradc {fmt_us(t_g / steps)} µs/step, numpy {fmt_us(t_n / steps)} µs/step, "
-        f"numpy/gradc = {ratio:.2f}×  {verdict}")
-    log(f"   fit() with one step: {fmt_us(t_one)} µs/call; epoch with a fresh gc.SGD per call: "
-        f"{fmt_us(t_fresh / steps)} µs/step")
-    return dict(label=label, steps=steps, n=n, B=B, t_compile=t_compile, t_first=t_first,
-                dw=dw, moved=moved, dloss=dloss, t_g=t_g, t_n=t_n, ratio=ratio,
-                verdict=verdict, t_one=t_one, t_fresh=t_fresh, repeats=repeats)
+    log(
+        f"   gradc {fmt_us(t_g / steps)} µs/step, numpy {fmt_us(t_n / steps)} µs/step, "
+        f"numpy/gradc = {ratio:.2f}×  {verdict}"
+    )
+    log(
+        f"   fit() with one step: {fmt_us(t_one)} µs/call; epoch with a fresh gc.SGD per call: "
+        f"{fmt_us(t_fresh / steps)} µs/step"
+    )
+    return dict(
+        label=label,
+        steps=steps,
+        n=n,
+        B=B,
+        t_compile=t_compile,
+        t_first=t_first,
+        cache_state=cache_state,
+        dw=dw,
+        moved=moved,
+        dloss=dloss,
+        t_g=t_g,
+        t_n=t_n,
+        ratio=ratio,
+        verdict=verdict,
+        t_one=t_one,
+        t_fresh=t_fresh,
+        repeats=repeats,
+    )
 
 
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
 
-def render(results, info, quick, total_s):
+
+def render(results, info, quick, total_s, load_start=None):
     main = markdown_table(
-        ["network × batch", "steps/epoch", "gradc µs/step", "NumPy µs/step",
-         "NumPy / gradc", "target"],
-        [[r["label"], r["steps"], fmt_us(r["t_g"] / r["steps"]), fmt_us(r["t_n"] / r["steps"]),
-          f"{r['ratio']:.2f}×", r["verdict"]] for r in results])
+        [
+            "network × batch",
+            "steps/epoch",
+            "gradc µs/step",
+            "NumPy µs/step",
+            "NumPy / gradc",
+            "target",
+        ],
+        [
+            [
+                r["label"],
+                r["steps"],
+                fmt_us(r["t_g"] / r["steps"]),
+                fmt_us(r["t_n"] / r["steps"]),
+                f"{r['ratio']:.2f}×",
+                r["verdict"],
+            ]
+            for r in results
+        ],
+    )
     check = markdown_table(
-        ["network × batch", "max abs Δ final weights", "max weight change in the epoch",
-         "max abs Δ per-step loss"],
-        [[r["label"], f"{r['dw']:.1e}", f"{r['moved']:.1e}", f"{r['dloss']:.1e}"]
-         for r in results])
+        [
+            "network × batch",
+            "max abs Δ final weights",
+            "max weight change in the epoch",
+            "max abs Δ per-step loss",
+        ],
+        [[r["label"], f"{r['dw']:.1e}", f"{r['moved']:.1e}", f"{r['dloss']:.1e}"] for r in results],
+    )
     extra = markdown_table(
-        ["network × batch", "gc.compile s", "first fit s (JIT + 1 epoch)",
-         "gradc ms/epoch", "NumPy ms/epoch", "fit() with 1 step, µs/call",
-         "gradc µs/step, new gc.SGD per call", "repeats"],
-        [[r["label"], f"{r['t_compile']:.3f}", f"{r['t_first']:.3f}",
-          f"{r['t_g'] * 1e3:.3f}", f"{r['t_n'] * 1e3:.3f}", fmt_us(r["t_one"]),
-          fmt_us(r["t_fresh"] / r["steps"]), r["repeats"]] for r in results])
+        [
+            "network × batch",
+            "gc.compile s",
+            "first fit s (JIT + 1 epoch)",
+            "kernels",
+            "gradc ms/epoch",
+            "NumPy ms/epoch",
+            "fit() with 1 step, µs/call",
+            "gradc µs/step, new gc.SGD per call",
+            "repeats",
+        ],
+        [
+            [
+                r["label"],
+                f"{r['t_compile']:.3f}",
+                f"{r['t_first']:.3f}",
+                r["cache_state"],
+                f"{r['t_g'] * 1e3:.3f}",
+                f"{r['t_n'] * 1e3:.3f}",
+                fmt_us(r["t_one"]),
+                fmt_us(r["t_fresh"] / r["steps"]),
+                r["repeats"],
+            ]
+            for r in results
+        ],
+    )
     thread_env = ", ".join(f"`{k}={v}`" for k, v in THREAD_ENV.items())
+    busy = ""
+    ncpu = os.cpu_count() or 1
+    if load_start is not None and load_start[0] > 0.5 * ncpu:
+        busy = (
+            f"\n**The machine was shared during this run** (1-minute load average "
+            f"{load_start[0]:.1f} at the start on {ncpu} cores): the absolute µs are "
+            "inflated by other processes; gradc and NumPy were timed alternately, so the "
+            "ratios are fairer than the absolute numbers. Re-run on a quiet machine for "
+            "absolute timings.\n"
+        )
     return f"""# gradc `fit` vs a hand-written NumPy δ recursion
 
-Produced by `{command_line()}` (run from the repository root){' — **quick smoke run, few repeats**' if quick else ''}; total {total_s:.0f} s.
+Produced by `{command_line()}` (run from the repository root){" — **quick smoke run, few repeats**" if quick else ""}; total {total_s:.0f} s.
 
 One SGD epoch (lr = {LR}, mini-batches in order, `shuffle=False`), sigmoid layers,
 MSE loss ½·Σ(ŷ−y)² averaged over the batch, float64. gradc:
@@ -251,7 +356,7 @@ Time = median over the repeats of one whole epoch (gradc and NumPy called
 alternately), divided by the number of steps; compile time excluded (shown
 below). Thread settings, set in `os.environ` before NumPy was imported:
 {thread_env}.
-
+{busy}
 ## Speed
 
 {main}
@@ -264,7 +369,9 @@ One epoch of each from the same start:
 
 ## Compile time and call overhead
 
-"fit() with 1 step" is one `fit` call on a data set of one batch: the fixed
+"kernels": "compiled" if the first `fit` wrote new Numba cache files, "cached"
+if its kernels came from gradc's disk cache (an earlier run) or were already
+loaded in this process (same generated source as an earlier row). "fit() with 1 step" is one `fit` call on a data set of one batch: the fixed
 cost of a call (validation, dispatch) plus one step. The last column is the
 brief's literal call, constructing a new `gc.SGD(lr={LR})` for every `fit`.
 
@@ -278,17 +385,27 @@ brief's literal call, constructing a new `gc.SGD(lr={LR})` for every `fit`.
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="few repeats (smoke run); writes no results file unless --out")
-    ap.add_argument("--out", type=Path, default=None,
-                    help=f"markdown results file (default: {RESULTS} for a full run)")
-    ap.add_argument("--strict", action="store_true",
-                    help="exit with status 1 when a target is missed")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="few repeats (smoke run); writes no results file unless --out",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"markdown results file (default: {RESULTS} for a full run)",
+    )
+    ap.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when a target is missed"
+    )
     args = ap.parse_args(argv)
     out = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     log = lambda s="": print(s, flush=True)  # noqa: E731
     log(f"thread env: {THREAD_ENV}")
+    load_start = os.getloadavg()
+    log(f"load average at start: {load_start}")
     t_start = time.perf_counter()
     results = []
     for name, sizes, B, n, reps, target in CONFIGS:
@@ -297,7 +414,8 @@ def main(argv=None):
     total = time.perf_counter() - t_start
 
     info = machine_info()
-    text = render(results, info, args.quick, total)
+    info["load average (1, 5, 15 min) at start"] = ", ".join(f"{x:.2f}" for x in load_start)
+    text = render(results, info, args.quick, total, load_start)
     log("\n" + text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,7 @@ class Optimizer:
                 ) from None
         self.values = values
         self._rule: UpdateRule | None = None
+        self._key: tuple | None = None
 
     def rule(self, theta, g, s, h, t) -> dict:
         raise NotImplementedError
@@ -104,13 +105,16 @@ class Optimizer:
 
     def key(self) -> tuple:
         """What the compiled update kernel depends on (not the hyperparameter values)."""
+        if self._key is not None:
+            return self._key
         r = self.update_rule
-        return (
+        self._key = (
             type(self).__qualname__,
             r.state_names,
             r.hyper_names,
             tuple(map(str, r.assignments)),
         )
+        return self._key
 
     def __repr__(self) -> str:
         vals = ", ".join(f"{k}={v:g}" for k, v in self.values.items())

@@ -23,7 +23,10 @@ class GradientHealthWarning(UserWarning):
 
 def layer_norms(grad_norms: dict[str, np.ndarray], weights: list[str]) -> dict[str, float]:
     """Median gradient norm of each weight parameter, in layer order."""
-    return {w: float(np.median(grad_norms[w])) for w in weights if grad_norms[w].size}
+    if not weights or not grad_norms[weights[0]].size:
+        return {}
+    medians = np.median(np.stack([grad_norms[w] for w in weights], axis=1), axis=0)
+    return dict(zip(weights, map(float, medians)))
 
 
 def diagnose(grad_norms: dict[str, np.ndarray], weights: list[str]) -> list[str]:
@@ -42,8 +45,9 @@ def diagnose(grad_norms: dict[str, np.ndarray], weights: list[str]) -> list[str]
                     "derivatives below 1 (a sigmoid's is at most 0.25). Remedies: ReLU "
                     "activations, He initialisation, batch normalisation, residual connections."
                 )
-    totals = np.sqrt(sum(np.asarray(v, dtype=float) ** 2 for v in grad_norms.values()))
-    if np.size(totals) >= 4:
+    steps = len(next(iter(grad_norms.values()), ()))
+    if steps >= 4:
+        totals = np.sqrt((np.stack(list(grad_norms.values()), axis=1) ** 2).sum(axis=1))
         k = max(1, totals.size // 10)
         early, late = np.median(totals[:k]), np.median(totals[-k:])
         if early > 0 and late / early > EXPLODING_GROWTH:

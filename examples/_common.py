@@ -32,6 +32,8 @@ def save(fig, name):
     """Save ``fig`` as ``<OUT_DIR>/<name>.png``, close it and print the path."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.png"
+    if not any(ax.name == "3d" for ax in fig.axes):
+        fig.tight_layout()  # keeps side-by-side panels' labels apart
     fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 

@@ -10,9 +10,9 @@ by 1 − 2η = 0.8), and draws the 3-D surface with the jump points on it.
 
 import numpy as np
 import sympy as sp
+from _common import SMALL, pyplot, save
 
 import gradc as gc
-from _common import SMALL, pyplot, save
 
 ETA, STEPS, START = 0.1, 20, (-2.0, 3.0)
 
@@ -33,7 +33,7 @@ def main():
     # The seed prints P:(-2,3) P1:(-1.6,2.2) ... rounded to three places.
     print("P:({:g},{:g})".format(*points[0]), end=" ")
     for i, (a, b) in enumerate(points[1:], start=1):
-        print("P{}:({},{})".format(i, round(a, 3), round(b, 3)), end=" ")
+        print(f"P{i}:({round(a, 3)},{round(b, 3)})", end=" ")
     print()
 
     # Independent reference: ∂J/∂w = (2·w1, 2·w2 + 2), so w1 ← 0.8·w1 and
@@ -41,8 +41,10 @@ def main():
     k = np.arange(STEPS + 1)
     closed = np.stack([START[0] * (1 - 2 * ETA) ** k, -1 + (START[1] + 1) * (1 - 2 * ETA) ** k], 1)
     err = np.abs(points - closed).max()
-    print(f"P{STEPS} at full precision: w1 = {points[-1, 0]!r}, w2 = {points[-1, 1]!r}")
-    print(f"closed form:          w1 = {closed[-1, 0]!r}, w2 = {closed[-1, 1]!r}")
+    print(
+        f"P{STEPS} at full precision: w1 = {float(points[-1, 0])!r}, w2 = {float(points[-1, 1])!r}"
+    )
+    print(f"closed form:          w1 = {float(closed[-1, 0])!r}, w2 = {float(closed[-1, 1])!r}")
     print(f"largest difference from the closed form over the path: {err:.3g}")
     print(f"J at P0 = {costs[0]:.4f}, J at P{STEPS} = {costs[-1]:.6f} (minimum J(0, -1) = 4)")
 
@@ -53,8 +55,9 @@ def main():
     g1, g2 = np.meshgrid(grid, grid)
     fig = plt.figure(figsize=(7, 5.5))
     ax = fig.add_subplot(projection="3d")
-    ax.plot_surface(g1, g2, g1**2 + g2**2 + 2 * g2 + 5, rstride=1, cstride=1, alpha=0.3,
-                    cmap="rainbow")
+    ax.plot_surface(
+        g1, g2, g1**2 + g2**2 + 2 * g2 + 5, rstride=1, cstride=1, alpha=0.3, cmap="rainbow"
+    )
     ax.plot(points[:, 0], points[:, 1], costs, color="black", lw=1)
     ax.scatter3D(points[:, 0], points[:, 1], costs, c="black", s=30, depthshade=False)
     ax.set_xlabel(r"$w_1$")

@@ -15,9 +15,9 @@ least-squares solution from numpy.linalg.lstsq.
 
 import numpy as np
 import sympy as sp
+from _common import SMALL, pyplot, save
 
 import gradc as gc
-from _common import SMALL, pyplot, save
 
 TRUE_W, TRUE_B = 3.0, 2.0
 
@@ -40,10 +40,13 @@ def main():
     r = float(params["w"]) * X + float(params["b"]) - Y
     seed_grads = {"w": np.mean(r * X), "b": np.mean(r)}
     gerr = max(abs(float(grads[k]) - seed_grads[k]) for k in ("w", "b"))
-    print(f"loss at (0, 0): gradc {prog.loss(params, X, Y):.6f}, "
-          f"seed formula {np.mean(r**2) / 2:.6f}")
-    print(f"gradient at (0, 0): dL/dw = {float(grads['w']):.6f}, dL/db = {float(grads['b']):.6f}; "
-          f"largest difference from the seed's formulas: {gerr:.3g}")
+    print(
+        f"loss at (0, 0): gradc {prog.loss(params, X, Y):.6f}, seed formula {np.mean(r**2) / 2:.6f}"
+    )
+    print(
+        f"gradient at (0, 0): dL/dw = {float(grads['w']):.6f}, dL/db = {float(grads['b']):.6f}; "
+        f"largest difference from the seed's formulas: {gerr:.3g}"
+    )
 
     # Batch gradient descent: batch_size=None uses all n samples per update,
     # so one epoch is one update.
@@ -65,8 +68,13 @@ def main():
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(X, Y, s=12, alpha=0.6, label="data")
     xs = np.linspace(0.0, 2.0, 50)
-    ax.plot(xs, prog.predict(params, xs).ravel(), color="C3", lw=2.5,
-            label=f"gradc fit: y = {w_gd:.3f}x + {b_gd:.3f}")
+    ax.plot(
+        xs,
+        prog.predict(params, xs).ravel(),
+        color="C3",
+        lw=2.5,
+        label=f"gradc fit: y = {w_gd:.3f}x + {b_gd:.3f}",
+    )
     ax.plot(xs, w_ls * xs + b_ls, "k--", lw=1, label="numpy lstsq")
     ax.set_xlabel("x")
     ax.set_ylabel("y")

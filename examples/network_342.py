@@ -11,9 +11,9 @@ finite differences, then trains on a small synthetic data set made by a
 """
 
 import numpy as np
+from _common import SMALL, pyplot, save
 
 import gradc as gc
-from _common import SMALL, pyplot, save
 
 
 def sigmoid(z):
@@ -52,23 +52,36 @@ def main():
     grads = prog.grad(params, X, Y)
     err = max(np.abs(grads[k] - r).max() / np.abs(r).max() for k, r in zip(names, ref))
     print(f"gradient vs hand-written NumPy backprop: largest relative difference {err:.3g}")
-    print(f"gradient vs finite differences (gc.check_grad): {gc.check_grad(prog, params, X, Y):.3g}")
+    print(
+        f"gradient vs finite differences (gc.check_grad): {gc.check_grad(prog, params, X, Y):.3g}"
+    )
 
     epochs = 30 if SMALL else 150
     hist = prog.fit(params, X, Y, optimizer=gc.Adam(lr=0.05), epochs=epochs, batch_size=32)
     print(f"trained {epochs} epochs ({len(hist.loss)} updates of 32 samples, Adam lr 0.05)")
-    print(f"loss: first epoch {hist.epoch_loss[0]:.5f}, last epoch {hist.epoch_loss[-1]:.5f}, "
-          f"on all data now {prog.loss(params, X, Y):.5f}")
+    print(
+        f"loss: first epoch {hist.epoch_loss[0]:.3g}, last epoch {hist.epoch_loss[-1]:.3g}, "
+        f"on all data now {prog.loss(params, X, Y):.3g}"
+    )
 
     plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.arange(1, len(hist.loss) + 1), hist.loss, lw=0.5, alpha=0.5,
-            label="mini-batch loss (per update)")
+    ax.plot(
+        np.arange(1, len(hist.loss) + 1),
+        hist.loss,
+        lw=0.5,
+        alpha=0.5,
+        label="mini-batch loss (per update)",
+    )
     per_epoch = len(hist.loss) / len(hist.epoch_loss)
-    ax.plot(per_epoch * np.arange(1, len(hist.epoch_loss) + 1), hist.epoch_loss, lw=2,
-            label="epoch mean")
+    ax.plot(
+        per_epoch * np.arange(1, len(hist.epoch_loss) + 1),
+        hist.epoch_loss,
+        lw=2,
+        label="epoch mean",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("update")
     ax.set_ylabel(r"loss $\frac{1}{2}\|\hat y - y\|^2$ (mean over samples)")

@@ -1,4 +1,4 @@
-"""Vanishing and exploding gradients in an 8-layer network.
+"""Vanishing and exploding gradients in an 8-layer network (5 at reduced size).
 
 Vanishing: backprop multiplies one factor (Wˡ)ᵀ·σ′(zˡ) per layer, and σ′ ≤ ¼
 for the sigmoid, so the gradient shrinks layer by layer on its way back to
@@ -14,21 +14,40 @@ parameters and raises gc.GradcError. Clipping the global gradient norm
     python examples/vanishing_exploding.py
 """
 
-import numpy as np
+import itertools
 
-import gradc as gc
+import numpy as np
 from _common import SMALL, pyplot, save
 
-WIDTHS = [16] + [32] * 7 + [1]  # 8 dense layers
+import gradc as gc
+
+DEPTH = 5 if SMALL else 8  # dense layers (fewer at reduced size: compiling is the slow part)
+WIDTHS = [16] + [32] * (DEPTH - 1) + [1]
 
 
 def deep_net(act):
-    """8 dense layers: 7 hidden layers with `act`, a linear output."""
+    """DEPTH dense layers: hidden layers with `act`, a linear output."""
     n_layers = len(WIDTHS) - 1
-    return gc.Sequential(*(
-        gc.Dense(a, b, act if i < n_layers - 1 else gc.identity)
-        for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:]))
-    ))
+    return gc.Sequential(
+        *(
+            gc.Dense(a, b, act if i < n_layers - 1 else gc.identity)
+            for i, (a, b) in enumerate(itertools.pairwise(WIDTHS))
+        )
+    )
+
+
+def replay_sgd(prog, X, Y, lr, steps):
+    """Plain SGD by hand with prog.value_and_grad: the loss before each step, up to overflow."""
+    params, losses = prog.init(seed=0), []
+    with np.errstate(all="ignore"):  # the point is to watch it overflow
+        for _ in range(steps):
+            loss, grads = prog.value_and_grad(params, X, Y)
+            losses.append(loss)
+            if not all(np.isfinite(g).all() for g in grads.values()) or not np.isfinite(loss):
+                break
+            for k in params:
+                params[k] -= lr * grads[k]
+    return np.array(losses)
 
 
 def main():
@@ -46,30 +65,34 @@ def main():
         grads = prog.grad(params, X, Y)
         weights = net.params[0::2]  # (W, b) per layer, input side first
         norms[name] = np.array([np.linalg.norm(grads[W.name]) for W in weights])
-    print("‖∂L/∂Wˡ‖ at initialisation, layer 1 (input side) to 8 (output):")
+    print(f"‖∂L/∂Wˡ‖ at initialisation, layer 1 (input side) to {DEPTH} (output):")
     print(f"{'layer':>5}{'sigmoid':>12}{'relu':>12}")
-    for l, (s, r) in enumerate(zip(norms["sigmoid"], norms["relu"]), start=1):
-        print(f"{l:>5}{s:>12.3e}{r:>12.3e}")
+    for layer, (s, r) in enumerate(zip(norms["sigmoid"], norms["relu"]), start=1):
+        print(f"{layer:>5}{s:>12.3e}{r:>12.3e}")
     for name, v in norms.items():
         print(f"{name}: last layer / first layer = {v[-1] / v[0]:.3g}")
 
     # --- exploding: a large learning rate, without and with clipping ------
-    steps, lr = (60 if SMALL else 200), 0.3
-    net = deep_net(gc.relu)
-    prog = gc.compile(net, loss=gc.mse)
+    steps, lr = (60 if SMALL else 200), 0.5
+    prog = gc.compile(deep_net(gc.relu), loss=gc.mse)
     curves = {}
     for clip in (None, 1.0):
-        params = prog.init(seed=0)
         label = "no clipping" if clip is None else f"clip_norm={clip}"
+        params = prog.init(seed=0)
         try:
             hist = prog.fit(params, X, Y, optimizer=gc.SGD(lr=lr), steps=steps, clip_norm=clip)
             curves[label] = hist.loss
-            print(f"SGD lr={lr}, {label}: loss {hist.loss[0]:.4f} -> "
-                  f"{prog.loss(params, X, Y):.4g} after {steps} full-batch steps")
+            print(
+                f"SGD lr={lr}, {label}: loss {hist.loss[0]:.4f} -> "
+                f"{prog.loss(params, X, Y):.4g} after {steps} full-batch steps"
+            )
         except gc.GradcError as e:
             print(f"SGD lr={lr}, {label}: diverged -> gc.GradcError: {e}")
-            # params now hold the last finite values; record the run up to there
-            curves[label] = None
+            curves[label] = replay_sgd(prog, X, Y, lr, steps)
+            print(
+                "  the same steps by hand (prog.value_and_grad): loss "
+                + ", ".join(f"{v:.3g}" for v in curves[label])
+            )
 
     plt = pyplot()
     if plt is None:
@@ -80,11 +103,22 @@ def main():
         ax_v.semilogy(layers, v, marker="o", label=f"{name}")
     ax_v.set_xlabel("layer (1 = input side)")
     ax_v.set_ylabel(r"$\|\partial L/\partial W^l\|_F$ at initialisation")
-    ax_v.set_title("vanishing gradients: 8-layer sigmoid vs ReLU")
+    ax_v.set_title(f"vanishing gradients: {DEPTH}-layer sigmoid vs ReLU")
     ax_v.legend()
     for label, loss in curves.items():
-        if loss is not None:
-            ax_e.semilogy(np.arange(len(loss)), loss, label=label)
+        ax_e.semilogy(
+            np.arange(len(loss)), loss, marker="." if len(loss) < 20 else None, label=label
+        )
+        if not np.isfinite(loss[-1]):  # fit raised gc.GradcError here
+            ax_e.annotate(
+                "overflow: fit raises gc.GradcError",
+                xy=(len(loss) - 2, 1e7),
+                xytext=(len(loss) + 8, 1e5),
+                color="C0",
+                arrowprops={"arrowstyle": "->", "color": "C0"},
+            )
+    lowest = min(np.nanmin(v[np.isfinite(v)]) for v in curves.values())
+    ax_e.set_ylim(lowest / 3, 1e8)  # the diverging run reaches ~1e62 before it turns NaN
     ax_e.set_xlabel("update")
     ax_e.set_ylabel("training loss")
     ax_e.set_title(f"exploding: SGD lr={lr}, ReLU net")

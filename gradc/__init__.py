@@ -6,7 +6,7 @@
 >>> params = prog.init({w1: -2.0, w2: 3.0})
 >>> hist = prog.fit(params, steps=20, optimizer=gc.SGD(lr=0.1))
 >>> round(float(params["w1"]), 4), round(float(params["w2"]), 4)
-(-0.2432, -0.5137)
+(-0.0231, -0.9539)
 """
 
 from .errors import GradcError

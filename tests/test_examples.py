@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,28 +38,38 @@ def _env(out_dir, *paths):
     return env
 
 
+def _run_example(name, out_dir):
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py")],
+        cwd=ROOT,
+        env=_env(out_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """run(name) runs examples/<name>.py once; returns (stdout, folder of its figure)."""
-    done = {}
+    """run(name) -> (stdout, folder of its figure) of examples/<name>.py.
 
-    def _run(name):
-        if name not in done:
+    All examples start at once, a few at a time: most of their time is Numba
+    compiling kernels, one core each, so two cores halve the wait.
+    """
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = {}
+        for name in NAMES:
             out_dir = tmp_path_factory.mktemp(name)
-            proc = subprocess.run(
-                [sys.executable, str(EXAMPLES / f"{name}.py")],
-                cwd=ROOT,
-                env=_env(out_dir),
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            done[name] = proc, out_dir
-        proc, out_dir = done[name]
-        assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout}\n{proc.stderr}"
-        return proc.stdout, out_dir
+            jobs[name] = pool.submit(_run_example, name, out_dir), out_dir
 
-    return _run
+        def _run(name):
+            job, out_dir = jobs[name]
+            proc = job.result()
+            assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout}\n{proc.stderr}"
+            return proc.stdout, out_dir
+
+        yield _run
 
 
 def grab(pattern, text):

@@ -91,7 +91,9 @@ def test_row_vector_input_scalar_param_and_weight_decay():
     W = sp.MatrixSymbol("W", 3, 2)
     s = sp.Symbol("s")
     out = s * (x.T * W)
-    loss = gc.sum(sp.HadamardPower(out - y.T, 2)) + sp.Rational(1, 10) * gc.sum(sp.HadamardPower(W, 2))
+    loss = gc.sum(sp.HadamardPower(out - y.T, 2)) + sp.Rational(1, 10) * gc.sum(
+        sp.HadamardPower(W, 2)
+    )
     prog = gc.compile(loss, params=[W, s], inputs=[x], targets=[y])
     rng = np.random.default_rng(1)
     params = {"W": rng.normal(size=(3, 2)), "s": np.array(0.7)}
@@ -112,3 +114,16 @@ def test_several_inputs_and_predict():
     assert np.allclose(prog.predict(params, (A, B)), (2 * A - np.sin(B))[:, None])
     with pytest.raises(gc.GradcError, match="tuple"):
         prog.loss(params, A, A)
+
+
+def test_one_output_networks_with_piecewise_and_user_activations():
+    # SymPy's ElementwiseApplyFunction constructor calls the function on a 1×1 matrix
+    z = sp.Symbol("z")
+    logcosh = gc.elementwise(sp.Lambda(z, sp.log(sp.cosh(z))), name="logcosh")
+    for act in (gc.relu, gc.softplus, gc.leaky_relu(0.1), logcosh):
+        net = gc.Sequential(gc.Dense(3, 2, gc.tanh), gc.Dense(2, 1, act))
+        prog = gc.compile(net, loss=gc.mse)
+        params = prog.init(seed=2)
+        rng = np.random.default_rng(3)
+        X, Y = rng.normal(size=(4, 3)), rng.normal(size=(4, 1))
+        assert gc.check_grad(prog, params, X, Y) < 1e-5, act.name

@@ -30,6 +30,8 @@ from ..derivation.program import Derivation
 from ..errors import GradcError
 from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
+from .common import Lines as _Lines
+from .common import UpdateForm, comment_text, entry_atoms, map_expression
 from .scalar_printer import ScalarPrinter
 
 __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
@@ -39,35 +41,6 @@ __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 # call overhead of BLAS (~1 µs) is more than literal-shape loops cost.
 BLAS_MIN_MACS = 256
 BLAS_MIN_TOTAL = 32768
-
-
-def comment_text(text: str) -> str:
-    """User text made safe for a one-line comment."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:160]
-
-
-class _Lines:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.depth = 0
-
-    def __call__(self, text: str = "") -> None:
-        self.lines.append(("    " * self.depth + text) if text else "")
-
-    def indent(self):
-        lines = self
-
-        class _Block:
-            def __enter__(self):
-                lines.depth += 1
-
-            def __exit__(self, *exc):
-                lines.depth -= 1
-
-        return _Block()
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
 
 
 @dataclass
@@ -262,27 +235,7 @@ class CpuPrinter:
         if node.id in self.inlined:
             return  # computed inside its reader's loop
         out(f"# {self._describe(node)}")
-        loads: dict[tuple[int, bool], sp.Symbol] = {}
-        reads: list[tuple[sp.Symbol, Node, bool]] = []
-
-        def load(arg: Node, scalar: bool) -> sp.Symbol:
-            key = (arg.id, scalar)
-            if key not in loads:
-                loads[key] = sp.Symbol(f"a{len(loads)}")
-                reads.append((loads[key], arg, scalar))
-            return loads[key]
-
-        def expr_of(n: Map, scalar: bool) -> sp.Expr:
-            subs = {}
-            for var, arg in zip(n.fn.variables, n.args):
-                arg_scalar = scalar or arg.is_scalar
-                if arg.id in self.inlined:
-                    subs[var] = expr_of(arg, arg_scalar)
-                else:
-                    subs[var] = load(arg, arg_scalar)
-            return n.fn.expr.xreplace(subs)
-
-        body = expr_of(node, node.is_scalar)
+        body, reads = map_expression(node, self.inlined)
         temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
         depth = 0
         if node.batched:
@@ -419,10 +372,7 @@ class CpuPrinter:
         for r in range(rows):
             for c in range(cols):
                 expr = node.exprs[r][c]
-                atoms = sorted(expr.atoms(MatrixElement), key=str) + sorted(
-                    (s for s in expr.free_symbols if isinstance(s, sp.Symbol) and s in by_symbol),
-                    key=str,
-                )
+                atoms = entry_atoms(expr, by_symbol)
                 local = {}
                 for k, a in enumerate(atoms):
                     sym = sp.Symbol(f"a{k}")
@@ -499,30 +449,9 @@ class CpuPrinter:
     def update_body(self, out: _Lines, rule: UpdateRule) -> None:
         """One optimizer step on every entry; ``check`` ends NaN if a new value is not finite."""
         params = self.deriv.graph.params
-        theta, g = sp.Symbol("th"), sp.Symbol("gr")
-        states = [sp.Symbol(f"st{j}") for j in range(len(rule.state_names))]
-        hypers = [sp.Symbol(f"hp{j}") for j in range(len(rule.hyper_names))]
-        subs = {rule.theta: theta, rule.g: g, rule.t: sp.Symbol("t")}
-        subs.update(dict(zip(rule.state_syms, states)))
-        subs.update(dict(zip(rule.hyper_syms, hypers)))
-        targets = [subs[tgt] for tgt, _ in rule.assignments]
-        exprs = [e.xreplace(subs) for _, e in rule.assignments]
-        # parts that depend only on hyperparameters and t (Adam's 1 − β₁ᵗ) are
-        # computed once per step, outside the loops over entries
-        per_entry = {theta, g, *states}
-        hoisted_exprs: dict[sp.Expr, sp.Symbol] = {}
-
-        def hoist(e: sp.Expr) -> sp.Expr:
-            if not e.args or isinstance(e, sp.Symbol):
-                return e
-            if not (e.free_symbols & per_entry):
-                if e not in hoisted_exprs:
-                    hoisted_exprs[e] = sp.Symbol(f"h{len(hoisted_exprs)}")
-                return hoisted_exprs[e]
-            return e.func(*[hoist(a) for a in e.args])
-
-        exprs = [hoist(e) for e in exprs]
-        temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t_"), optimizations="basic")
+        form = UpdateForm.of(rule)
+        theta, states, hypers, targets = form.theta, form.states, form.hypers, form.targets
+        hoisted_exprs, temps, reduced = form.hoisted, form.temps, form.values
         for j, h in enumerate(hypers):
             out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
         for e, h in hoisted_exprs.items():

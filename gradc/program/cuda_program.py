@@ -17,17 +17,19 @@ round trip per step.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import GradcError
 from ..kernels.runtime import shuffle_rows
 from ..spec.optimizers import Optimizer
+from .health import warn_if_unhealthy
 from .history import History
 from .program import _STATUS, Program, _progress
 
@@ -45,11 +47,13 @@ _NO_GPU = (
 
 def require_cuda():
     """``numba.cuda`` if a GPU (or the simulator) can run kernels, else ``GradcError``."""
-    if importlib.util.find_spec("numba_cuda") is None:
+    try:
+        import numba_cuda  # noqa: F401  (the package behind numba.cuda)
+    except ImportError:
         raise GradcError(
             "target='cuda' needs the numba-cuda package: pip install 'gradc[cuda]' "
             "(or pip install numba-cuda)"
-        )
+        ) from None
     try:
         from numba import cuda
     except Exception as exc:  # CudaSupportError is an ImportError; a broken install anything
@@ -66,11 +70,31 @@ def require_cuda():
     return cuda
 
 
+@dataclass
+class _Plan:
+    """What ``fit``'s arguments came to: sizes, step count and switches."""
+
+    nrows: int
+    bs: int
+    nbatches: int
+    total_steps: int
+    has_data: bool
+    shuffle: bool
+    seed: int
+    clip: float
+
+
 @contextlib.contextmanager
-def _device_errors():
-    """A device that disappears after compile time still fails with a GradcError."""
+def _on_device():
+    """Around kernel launches: a device lost after compile time still fails with a
+    GradcError, and numba's low-occupancy warning (every launch of a small
+    kernel, e.g. a bias gradient, has fewer than 128 blocks) stays quiet."""
+    from numba.core.errors import NumbaPerformanceWarning
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Grid size", NumbaPerformanceWarning)
+            yield
     except ImportError as exc:  # numba.cuda's CudaSupportError
         raise GradcError(_NO_GPU.format(why=str(exc).strip())) from None
 
@@ -118,7 +142,7 @@ class CudaProgram(Program):
         """Mean per-sample loss over the data (or the objective's value without data)."""
         p = self._params(params)
         data, n = self._data(X, Y)
-        with _device_errors():
+        with _on_device():
             ns = self._device_namespace(n, p, data)
             self._call("forward", self.module.forward, self.kernels.forward_args, ns)
             return float(ns["losses"].copy_to_host()[0])
@@ -131,7 +155,7 @@ class CudaProgram(Program):
             )
         p = self._params(params)
         data, n = self._data(X, None, need_targets=False)
-        with _device_errors():
+        with _on_device():
             ns = self._device_namespace(n, p, data)
             self._call("forward", self.module.forward, self.kernels.forward_args, ns)
             name, _ = self.kernels.output_view
@@ -149,7 +173,7 @@ class CudaProgram(Program):
         """Mean loss and its gradient (a dict shaped like ``params``)."""
         p = self._params(params)
         data, n = self._data(X, Y)
-        with _device_errors():
+        with _on_device():
             ns = self._device_namespace(n, p, data)
             grads = [self._cuda.device_array(leaf.shape, self.dtype) for leaf in self.graph.params]
             ns.update({f"g{k}": g for k, g in enumerate(grads)})
@@ -175,6 +199,7 @@ class CudaProgram(Program):
         clip_norm: float | None = None,
         progress: bool = False,
         record_path: bool = False,
+        warn_health: bool = True,
     ) -> History:
         """Train ``params`` in place on the device; returns a :class:`History`.
 
@@ -209,17 +234,25 @@ class CudaProgram(Program):
         clip = 0.0 if clip_norm is None else float(clip_norm)
         if clip < 0 or not math.isfinite(clip):
             raise GradcError(f"clip_norm must be a positive number, got {clip_norm}")
-        with _device_errors():
-            return self._fit_on_device(
-                opt, params, p, data, nrows, bs, nbatches, total_steps, has_data,
-                shuffle=bool(shuffle and has_data and nbatches > 1),
-                seed=int(seed), clip=clip, progress=progress, record_path=record_path,
-            )  # fmt: skip
+        plan = _Plan(
+            nrows=nrows,
+            bs=bs,
+            nbatches=nbatches,
+            total_steps=total_steps,
+            has_data=has_data,
+            shuffle=bool(shuffle and has_data and nbatches > 1),
+            seed=int(seed),
+            clip=clip,
+        )
+        with _on_device():
+            history = self._fit_on_device(opt, params, p, data, plan, progress, record_path)
+        if warn_health:
+            warn_if_unhealthy(history.grad_norms, history.weights)
+        return history
 
-    def _fit_on_device(
-        self, opt, params, p, data, nrows, bs, nbatches, total_steps, has_data, *,
-        shuffle, seed, clip, progress, record_path,
-    ) -> History:  # fmt: skip
+    def _fit_on_device(self, opt, params, p, data, plan: _Plan, progress, record_path) -> History:
+        nrows, bs, nbatches, total_steps = plan.nrows, plan.bs, plan.nbatches, plan.total_steps
+        has_data, shuffle, seed, clip = plan.has_data, plan.shuffle, plan.seed, plan.clip
         cuda = self._cuda
         okern, omod = self._optimizer_module(opt)
         module = self.module
@@ -338,6 +371,7 @@ class CudaProgram(Program):
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
             history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
+            history.weights = self._weight_names()
         self._copy_back(dev_p, dev_s, p, states)
         self._write_back(p, params)
         return history
@@ -350,4 +384,3 @@ class CudaProgram(Program):
         for dev_st, st in zip(dev_s, states):
             for dev, host in zip(dev_st, st):
                 dev.copy_to_host(host)
-

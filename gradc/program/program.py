@@ -28,7 +28,7 @@ __all__ = ["Program"]
 
 _STATUS = {
     1: "the loss became non-finite",
-    2: "a gradient became non-finite",
+    2: "a gradient became non-finite or too large to measure (its squared norm overflowed)",
     3: "the update made a parameter non-finite",
 }
 
@@ -345,8 +345,9 @@ class Program:
                         step = done + at
                         self._write_back(p, params)
                         raise GradcError(
-                            f"fit stopped at step {step} (epoch {epoch}): {_STATUS[status]} "
-                            f"(loss {l_out[at - start]:.6g}); parameters are back at their last "
+                            f"fit stopped at update step {step + 1} (epoch {epoch + 1}): "
+                            f"{_STATUS[status]} (loss {l_out[at - start]:.6g}); the {step} "
+                            "updates before it were kept and the parameters are their last "
                             "finite values. Try a smaller learning rate or clip_norm."
                         )
                     if record_path:

@@ -20,6 +20,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from ..errors import GradcError
 
 __all__ = [
+    "apply_elementwise",
     "Elementwise",
     "elementwise",
     "identity",
@@ -61,11 +62,20 @@ class Elementwise:
         if isinstance(arg, sp.MatrixExpr):
             if self.body.expr == self.body.variables[0]:
                 return arg  # identity
-            return ElementwiseApplyFunction(self.body, arg)
+            return apply_elementwise(self.body, arg)
         return self.body(arg)
 
     def __repr__(self) -> str:
         return f"Elementwise({self.name}: {self.body})"
+
+
+def apply_elementwise(lam: sp.Lambda, arg: sp.MatrixExpr) -> sp.MatrixExpr:
+    """``lam`` applied entry by entry to ``arg``, as SymPy's ElementwiseApplyFunction.
+
+    Built without its constructor: for a 1×1 argument SymPy's ``__new__`` calls
+    the function on the matrix itself, which fails for Piecewise and most bodies.
+    """
+    return sp.Basic.__new__(ElementwiseApplyFunction, lam, arg)
 
 
 _REGISTRY: dict[sp.Expr, Elementwise] = {}

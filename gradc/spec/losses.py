@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from ..errors import GradcError
+from .elementwise import apply_elementwise
 from .reductions import LogSumExp, MatrixSum
 
 __all__ = ["binary_cross_entropy", "mse", "softmax_cross_entropy"]
@@ -62,7 +62,7 @@ def binary_cross_entropy(p, y):
     p, y, is_mat = _pair("binary_cross_entropy", p, y)
     if not is_mat:
         return -y * sp.log(p) - (1 - y) * sp.log(1 - p)
-    log_p = ElementwiseApplyFunction(sp.Lambda(_t, sp.log(_t)), p)
-    log_1mp = ElementwiseApplyFunction(sp.Lambda(_t, sp.log(1 - _t)), p)
+    log_p = apply_elementwise(sp.Lambda(_t, sp.log(_t)), p)
+    log_1mp = apply_elementwise(sp.Lambda(_t, sp.log(1 - _t)), p)
     ones = sp.OneMatrix(*p.shape)
     return -MatrixSum(sp.HadamardProduct(y, log_p) + sp.HadamardProduct(ones - y, log_1mp))

@@ -66,6 +66,7 @@ def test_float32_kernels_stay_float32():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
     loss, g = prog.value_and_grad(params, X, Y)
+    assert isinstance(loss, float)
     assert all(v.dtype == np.float32 for v in g.values())
     sigs = prog.module.backward.nopython_signatures
     assert all(str(a) != "float64" for s in sigs for a in s.args if "array" not in str(a))

@@ -409,9 +409,10 @@ class CudaPrinter(CpuPrinter):
             body(f"{self.elem(node, i, 0, 0)} = {value}")
         name = self._kname(node)
         what = "max subtracted first: no overflow; " if stable_max else ""
-        doc = f"One block per sample, {width} threads sharing its {size} entries ({what}tree reduction)."
+        threads = f"{width} thread{'s' if width > 1 else ''}"
+        doc = f"One block per sample; {threads} share its {size} entries ({what}tree reduction)."
         if not node.batched:
-            doc = f"One block of {width} threads sharing the {size} entries ({what}tree reduction)."
+            doc = f"One block; {threads} share the {size} entries ({what}tree reduction)."
         args = self._kernel(name, self._describe(node), doc, body)
         blocks = "n" if node.batched else "1"
         out(f"# {self._describe(node)}: {'one block per sample' if node.batched else 'one block'}")

@@ -162,12 +162,8 @@ class CudaProgram(Program):
             value = ns[name].copy_to_host()
         out = self.graph.output
         if out.batched:
-            result = value[:n].copy()
-        else:
-            result = np.repeat(value.reshape(1, -1), n, axis=0)
-        if out.is_scalar and X is not None and np.ndim(X) == 1:
-            return result.reshape(n)
-        return result
+            return value[:n].copy()
+        return np.repeat(value.reshape(1, -1), n, axis=0)
 
     def value_and_grad(self, params: Mapping, X=None, Y=None):
         """Mean loss and its gradient (a dict shaped like ``params``)."""
@@ -344,9 +340,11 @@ class CudaProgram(Program):
                     if code:
                         self._copy_back(dev_p, dev_s, p, states)
                         self._write_back(p, params)
-                        raise GradcError(
-                            f"fit stopped at step {done + at} (epoch {epoch}): {_STATUS[code]} "
-                            f"(loss {l_out[at - start]:.6g}); parameters are back at their last "
+                        step = done + at
+                        raise GradcError(  # the CPU Program's words, so both targets read alike
+                            f"fit stopped at update step {step + 1} (epoch {epoch + 1}): "
+                            f"{_STATUS[code]} (loss {l_out[at - start]:.6g}); the {step} "
+                            "updates before it were kept and the parameters are their last "
                             "finite values. Try a smaller learning rate or clip_norm."
                         )
                     if record_path:

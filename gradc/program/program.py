@@ -326,7 +326,11 @@ class Program:
                     n_out = np.zeros((stop - start, len(p)))
                     backup = [a.copy() for a in p] + [s.copy() for st in states for s in st]
                     ns.update(
-                        start=start, stop=stop, t0=self._opt_steps(opt), losses=l_out, gnorms=n_out
+                        start=start,
+                        stop=stop,
+                        opt_step=self._opt_steps(opt),
+                        losses=l_out,
+                        gnorms=n_out,
                     )
                     status, at = self._timed_call(
                         "train", omod.train, [ns[a] for a in okern.train_args]

@@ -128,3 +128,29 @@ def test_one_output_networks_with_piecewise_and_user_activations():
         rng = np.random.default_rng(3)
         X, Y = rng.normal(size=(4, 3)), rng.normal(size=(4, 1))
         assert gc.check_grad(prog, params, X, Y) < 1e-5, act.name
+
+
+def test_adam_in_the_fused_kernel_with_cse_temporaries():
+    # swish's derivative repeats exp(-z): the kernel names CSE temporaries, which once
+    # clashed with the optimizer's step counter inside the fused training kernel
+    z = sp.Symbol("z")
+    swish = gc.elementwise(sp.Lambda(z, z / (1 + sp.exp(-z))), name="swish")
+    net = gc.Sequential(gc.Dense(2, 3, swish), gc.Dense(3, 1, gc.softplus))
+    prog = gc.compile(net, loss=gc.mse)
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(6, 2)), rng.normal(size=(6, 1))
+    params = prog.init(seed=4)
+    ref = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in ref.items()}
+    v2 = {k: np.zeros_like(v) for k, v in ref.items()}
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-8
+    for t in range(1, 4):  # Adam as torch.optim.Adam writes it
+        g = prog.grad(ref, X, Y)
+        for k in ref:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v2[k] = b2 * v2[k] + (1 - b2) * g[k] ** 2
+            step = lr / (1 - b1**t)
+            ref[k] = ref[k] - step * m[k] / (np.sqrt(v2[k]) / np.sqrt(1 - b2**t) + eps)
+    prog.fit(params, X, Y, optimizer=gc.Adam(lr=lr), steps=3, shuffle=False)
+    for k in ref:
+        assert np.allclose(params[k], ref[k], rtol=1e-10, atol=1e-12), k

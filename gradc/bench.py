@@ -10,24 +10,28 @@ it measures, in one run:
   kernels are printed from; for the small networks also the naive gradients'
   count after one joint ``sympy.cse`` (:func:`gradc.program.report.naive_comparison`);
 - the derivation time, the kernel printing time and the Numba compile time
-  (first call of the backward kernel, from ``prog.timings``; Numba's on-disk
-  cache is pointed at a fresh temporary folder, so this is a cold compile);
-- the gradient time per batch (median of ``prog.grad(params, X, Y)``), and the
-  largest relative difference between the two strategies' gradients, which must
-  stay below 1e-10.
+  (first call of the backward kernel, from ``prog.timings``; in full mode Numba's
+  on-disk cache points at a fresh temporary folder, so this is a cold compile);
+- the gradient time per batch: the backward kernel called directly, and the
+  public ``prog.grad(params, X, Y)`` (medians), and the largest relative
+  difference between the two strategies' gradients, which must stay below 1e-10.
 
-The naive side runs under a time budget per network (all its stages together)
-and a size guard (``naive_limit``, gradc's own). Where it stops, the tables say
-at which stage and why, and any network with a larger expansion skips that stage.
+The naive side runs under a budget of CPU seconds per network (all its stages
+together; CPU rather than wall time, so other processes on a shared machine do
+not move the stopping point) and gradc's own size guard (``naive_limit``).
+Where it stops, the tables say at which stage and why, and any network with a
+larger expansion skips that stage.
 
 A third sweep times the shared strategy's backward kernel against its forward
-kernel, called directly (no Python-side checks), from tiny networks to
-784-512-512-10. Log–log slopes of backward operations against parameter count
-are fitted per strategy (``numpy.polyfit``).
+kernel, both called directly (no Python-side checks), from tiny networks to
+784-512-512-10, with relu beside sigmoid on the mid-sized ones. Log–log slopes
+of backward operations against parameter count are fitted per strategy
+(``numpy.polyfit``).
 
 Results go to ``<out>/naive_vs_shared.md`` (and ``.json``) with PNG plots
-beside it; ``quick=True`` runs a small sweep in well under a minute and writes
-the same files with a ``_quick`` suffix, so it never overwrites the full results.
+beside it. ``quick=True`` runs a small sweep (well under a minute, kernels from
+gradc's usual cache when present) and writes the same files with a ``_quick``
+suffix, so it never overwrites the full results.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class StrategyRun:
     print_s: float | None = None
     compile_s: float | None = None  # first call of the backward kernel
     grad_s: float | None = None  # median seconds per prog.grad call
+    backward_kernel_s: float | None = None  # median seconds per backward-kernel call
     size: int | None = None  # naive only: parameter entries × expanded-loss operations
 
     @property
@@ -249,6 +254,56 @@ def _median_time(fn, repeats: int, max_seconds: float) -> float:
     return float(statistics.median(times))
 
 
+def _interleaved(a, b, max_seconds: float, max_repeats: int = 2001) -> tuple[float, float]:
+    """Median seconds of ``a()`` and of ``b()``, called in turn (a, b, a, b, …) so that a
+    slow moment of a shared machine hits both alike."""
+    t0 = time.perf_counter()
+    a()
+    b()
+    one = time.perf_counter() - t0
+    reps = int(min(max_repeats, max(7, max_seconds / max(one, 1e-7))))
+    ta, tb = [], []
+    was = _pygc.isenabled()
+    _pygc.disable()
+    try:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a()
+            t1 = time.perf_counter()
+            b()
+            t2 = time.perf_counter()
+            ta.append(t1 - t0)
+            tb.append(t2 - t1)
+    finally:
+        if was:
+            _pygc.enable()
+    return float(statistics.median(ta)), float(statistics.median(tb))
+
+
+def _kernel_calls(prog, params, X, Y):
+    """The program's forward and backward kernels as no-argument callables, with the
+    arguments ``value_and_grad`` gives them (so no Python-side checks are timed).
+
+    Reads ``Program`` internals (``_params``, ``_data``, ``_namespace``, ``_workspace``).
+    Call the forward one first: the shared backward reads the values it leaves.
+    """
+    import numpy as np
+
+    p = prog._params(params)
+    data, n = prog._data(X, Y)
+    ns = prog._namespace(n, p, data, prog._workspace(n))
+    ns.update(
+        {
+            f"g{k}": np.zeros(leaf.shape, dtype=prog.dtype)
+            for k, leaf in enumerate(prog.graph.params)
+        }
+    )
+    fwd, bwd = prog.module.forward, prog.module.backward
+    fargs = [ns[a] for a in prog.kernels.forward_args]
+    bargs = [ns[a] for a in prog.kernels.backward_args]
+    return (lambda: fwd(*fargs)), (lambda: bwd(*bargs))
+
+
 def _network(sizes, activation: str = "sigmoid"):
     import gradc as gc
 
@@ -358,6 +413,9 @@ def _measure_shared(sizes, cfg: BenchConfig, X, Y, verbose: bool):
     run.compile_s = prog.timings.get("backward")
     run.reached = "gradient"
     run.grad_s = _median_time(lambda: prog.grad(params, X, Y), cfg.repeats, cfg.time_per_measure)
+    fwd, bwd = _kernel_calls(prog, params, X, Y)
+    fwd()
+    run.backward_kernel_s = _median_time(bwd, 50 * cfg.repeats, cfg.time_per_measure / 2)
     run.reached = "timing"
     run.status = "ok"
     return run, prog, params, grads
@@ -433,7 +491,12 @@ def _measure_naive(sizes, cfg: BenchConfig, params, X, Y, stops: _NaiveStops):
             stage = "gradient timing"
             left = cfg.naive_budget - (time.process_time() - cpu_start)
             run.grad_s = _median_time(
-                lambda: prog.grad(params, X, Y), cfg.repeats, min(cfg.time_per_measure, left / 2)
+                lambda: prog.grad(params, X, Y), cfg.repeats, min(cfg.time_per_measure, left / 4)
+            )
+            fwd, bwd = _kernel_calls(prog, params, X, Y)
+            fwd()
+            run.backward_kernel_s = _median_time(
+                bwd, 50 * cfg.repeats, min(cfg.time_per_measure / 2, left / 4)
             )
             run.reached = "timing"
             run.status = "ok"
@@ -473,15 +536,14 @@ def _measure_cse(graph, run: StrategyRun, shared_run: StrategyRun, cfg: BenchCon
         return
     try:
         with _deadline(cfg.cse_budget):
-            t0 = time.perf_counter()
             cmp = naive_comparison(
                 graph, shared_run.backward_ops, shared_run.derive_s, limit=cfg.naive_limit
             )
-            run.cse_seconds = time.perf_counter() - t0
+            run.cse_seconds = cmp.cse_seconds  # the joint cse alone, not the re-derivation
             run.cse_ops = cmp.naive_cse_ops
             run.cse_note = f"joint cse {cmp.cse_seconds:.2f} s"
     except BudgetExceeded:
-        run.cse_note = f"stopped: {cfg.cse_budget:g} s budget"
+        run.cse_note = f"stopped: its {cfg.cse_budget:g} CPU-second budget ran out"
     except GradcError:
         run.cse_note = "refused by the size guard"
 
@@ -521,8 +583,6 @@ def _progress_line(r: NetRun) -> str:
 
 # -- backward ÷ forward, shared ----------------------------------------------------------------
 def _measure_ratio(sizes, cfg: BenchConfig, rng, activation: str = "sigmoid") -> RatioRun:
-    import numpy as np
-
     import gradc as gc
     from gradc.derivation.counting import count_derivation
 
@@ -533,46 +593,21 @@ def _measure_ratio(sizes, cfg: BenchConfig, rng, activation: str = "sigmoid") ->
     X = rng.normal(size=(n, sizes[0]))
     Y = rng.uniform(size=(n, sizes[-1]))
     prog.value_and_grad(params, X, Y)  # compiles both kernels
-    # the kernels themselves, with the arguments value_and_grad gives them
-    p = prog._params(params)
-    data, n = prog._data(X, Y)
-    ns = prog._namespace(n, p, data, prog._workspace(n))
-    ns.update({f"g{k}": np.zeros(leaf.shape) for k, leaf in enumerate(prog.graph.params)})
-    fwd, bwd = prog.module.forward, prog.module.backward
-    fargs = [ns[a] for a in prog.kernels.forward_args]
-    bargs = [ns[a] for a in prog.kernels.backward_args]
-    fwd(*fargs)
-    bwd(*bargs)
-    t0 = time.perf_counter()
-    fwd(*fargs)
-    bwd(*bargs)
-    one = time.perf_counter() - t0
-    reps = int(min(2001, max(7, cfg.time_per_measure / max(one, 1e-7))))
-    tf, tb = [], []
-    was = _pygc.isenabled()
-    _pygc.disable()
-    try:
-        for _ in range(reps):  # interleaved: a slow moment of the machine hits both
-            t0 = time.perf_counter()
-            fwd(*fargs)
-            t1 = time.perf_counter()
-            bwd(*bargs)
-            t2 = time.perf_counter()
-            tf.append(t1 - t0)
-            tb.append(t2 - t1)
-    finally:
-        if was:
-            _pygc.enable()
-    api_reps = max(5, reps // 4)
-    api_loss = _median_time(lambda: prog.loss(params, X, Y), api_reps, cfg.time_per_measure / 2)
-    api_grad = _median_time(lambda: prog.grad(params, X, Y), api_reps, cfg.time_per_measure / 2)
+    fwd, bwd = _kernel_calls(prog, params, X, Y)
+    fwd()
+    t_f, t_b = _interleaved(fwd, bwd, cfg.time_per_measure)
+    api_loss, api_grad = _interleaved(
+        lambda: prog.loss(params, X, Y),
+        lambda: prog.grad(params, X, Y),
+        cfg.time_per_measure / 2,
+    )
     return RatioRun(
         sizes,
         activation,
         _param_count(sizes),
         n,
-        float(np.median(tf)),
-        float(np.median(tb)),
+        t_f,
+        t_b,
         counts["forward"].total,
         counts["backward"].total,
         api_loss,
@@ -675,11 +710,11 @@ def run(cfg: BenchConfig = FULL, verbose: bool = True) -> Results:
         "naive, depth sweep": _slope(
             [r.params for r in res.depth], [r.naive.backward_ops for r in res.depth]
         ),
-        "shared gradient time, width sweep": _slope(
-            [r.params for r in w], [r.shared.grad_s for r in w]
+        "shared backward kernel time, width sweep": _slope(
+            [r.params for r in w], [r.shared.backward_kernel_s for r in w]
         ),
-        "naive gradient time, width sweep": _slope(
-            [r.params for r in w], [r.naive.grad_s for r in w]
+        "naive backward kernel time, width sweep": _slope(
+            [r.params for r in w], [r.naive.backward_kernel_s for r in w]
         ),
     }
     res.seconds = time.perf_counter() - start
@@ -700,6 +735,11 @@ def _fmt_us(v) -> str:
         return "—"
     us = v * 1e6
     return f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
+
+
+def _range(values, fmt: str = ".2f") -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}–{hi:{fmt}}"
 
 
 def _table(headers, rows, align=None) -> str:
@@ -736,7 +776,7 @@ def _ops_table(runs: list[NetRun]) -> str:
             "forward ops",
             "shared backward ops",
             "naive backward ops",
-            "naive + joint CSE (time)",
+            "naive + joint CSE (cse s)",
             "naive ÷ shared",
         ],
         rows,
@@ -753,6 +793,7 @@ def _time_table(runs: list[NetRun], batch: int) -> str:
                 f"{_fmt_s(s.derive_s, 3)} / {_fmt_s(n.derive_s)}",
                 f"{_fmt_s(s.print_s, 3)} / {_fmt_s(n.print_s)}",
                 f"{_fmt_s(s.compile_s)} / {_fmt_s(n.compile_s)}",
+                f"{_fmt_us(s.backward_kernel_s)} / {_fmt_us(n.backward_kernel_s)}",
                 f"{_fmt_us(s.grad_s)} / {_fmt_us(n.grad_s)}",
                 "—" if r.rel_diff is None else f"{r.rel_diff:.1e}",
                 n.status or "—",
@@ -764,12 +805,13 @@ def _time_table(runs: list[NetRun], batch: int) -> str:
             "derivation s (shared / naive)",
             "kernel printing s",
             "Numba compile s (backward kernel)",
-            f"gradient µs per batch of {batch}",
+            f"backward kernel µs, batch of {batch}",
+            "prog.grad µs",
             "max relative difference",
             "naive side",
         ],
         rows,
-        "l" + "r" * 5 + "l",
+        "l" + "r" * 6 + "l",
     )
 
 
@@ -785,7 +827,8 @@ def _ratio_table(rows: list[RatioRun]) -> str:
                 _fmt_us(r.backward_s),
                 f"**{r.ratio:.2f}**",
                 f"{r.backward_ops / max(r.forward_ops, 1):.2f}",
-                f"{(r.api_grad_s - r.api_loss_s) / r.api_loss_s:.2f}",
+                f"{1 + r.ratio:.2f}",
+                f"{r.api_grad_s / r.api_loss_s:.2f}",
             ]
         )
     return _table(
@@ -797,10 +840,11 @@ def _ratio_table(rows: list[RatioRun]) -> str:
             "backward kernel µs",
             "backward ÷ forward time",
             "backward ÷ forward ops",
-            "API: (grad − loss) ÷ loss",
+            "(forward + backward) ÷ forward time",
+            "prog.grad ÷ prog.loss time",
         ],
         out,
-        "ll" + "r" * 6,
+        "ll" + "r" * 7,
     )
 
 
@@ -905,27 +949,35 @@ def _reading(res: Results) -> str:
             f"whole shared derivation takes {r.shared.derive_s * 1e3:.0f} ms: CSE rediscovers "
             "the δ after the fact, backpropagation never creates the swell."
         )
-    unfinished = [r for r in w + res.depth if not r.naive.finished]
-    if unfinished:
-        r = min(unfinished, key=lambda r: r.params)
-        done = [x for x in w + res.depth if x.naive.finished]
-        biggest = max(done, key=lambda x: x.params) if done else None
-        text = "The naive side's derivation, kernel printing and Numba compile swell as well"
-        if biggest is not None:
-            text += (
-                f": its largest finished network, {biggest.label}, needed "
-                f"{biggest.naive.derive_s + biggest.naive.print_s + biggest.naive.compile_s:.0f} s "
-                f"to derive, print and compile (shared: "
-                f"{biggest.shared.derive_s + biggest.shared.print_s + biggest.shared.compile_s:.1f} s)"
-            )
-        text += f", and at {r.label} it stopped ({r.naive.status})."
-        parts.append(text)
+    runs = sorted({r.sizes: r for r in w + res.depth}.values(), key=lambda r: r.params)
+    done = [r for r in runs if r.naive.finished]
+    if done:
+        r = done[-1]
+        n, sh = r.naive, r.shared
+        parts.append(
+            f"Building the naive kernels swells too: for {r.label}, deriving, printing and "
+            f"compiling them took {n.derive_s + n.print_s + n.compile_s:.0f} s (shared: "
+            f"{sh.derive_s + sh.print_s + sh.compile_s:.1f} s), and its naive backward kernel "
+            f"takes {_fmt_us(n.backward_kernel_s)} µs per batch of {res.config.batch} against "
+            f"{_fmt_us(sh.backward_kernel_s)} µs for shared δ."
+        )
+    budget = [r for r in runs if r.naive.status.startswith("stopped")]
+    guard = [r for r in runs if r.naive.status.startswith("refused")]
+    if budget:
+        r = budget[0]
+        parts.append(
+            f"At {r.label} the naive side stopped: {r.naive.status.split(':', 1)[1].strip()}."
+        )
+    if guard:
+        parts.append(
+            "gradc's size guard refused even to expand the loss for "
+            + " and ".join(f"{r.label} ({r.params} parameters)" for r in guard)
+            + ", while shared δ derives and compiles every network of both sweeps in seconds."
+        )
     if mid:
-        lo = min(r.ratio for r in mid)
-        hi = max(r.ratio for r in mid)
         text = (
-            f"Timed on the kernels, the shared backward pass costs {lo:.2f}–{hi:.2f}× the "
-            f"forward pass on mid-sized networks (batch {res.config.ratio_batch})"
+            f"Timed on the kernels, the shared backward pass costs {_range([r.ratio for r in mid])}× "
+            f"the forward pass on mid-sized sigmoid networks (batch {res.config.ratio_batch})"
         )
         below = [r for r in mid if r.ratio < 1.0]
         if below:
@@ -933,24 +985,23 @@ def _reading(res: Results) -> str:
             text += (
                 ". Two things make it so: gradc computes no ∂L/∂x for the data input, so the "
                 "backward pass has only "
-                f"{min(r.backward_ops / r.forward_ops for r in mid):.2f}–"
-                f"{max(r.backward_ops / r.forward_ops for r in mid):.2f}× the forward "
+                f"{_range([r.backward_ops / r.forward_ops for r in mid])}× the forward "
                 "operations (not 2×), and every forward sigmoid evaluates an exp (about "
                 "as dear as tens of multiply-adds) while backward reuses the forward value "
                 "(σ′ = σ(1−σ)) and calls none"
             )
-            relu = {
-                r.sizes: r
-                for r in res.ratio
-                if r.activation == "relu" and r.sizes in {m.sizes for m in mid}
-            }
+            relu = [
+                r for r in res.ratio if r.activation == "relu" and r.sizes in {m.sizes for m in mid}
+            ]
             if relu:
                 text += (
                     "; with relu in place of sigmoid (no exp) the same networks give "
-                    f"{min(r.ratio for r in relu.values()):.2f}–"
-                    f"{max(r.ratio for r in relu.values()):.2f}"
+                    f"{_range([r.ratio for r in relu])}"
                 )
-        text += '. Either way it is a small constant, not "parameters × forward".'
+        text += (
+            f". A whole gradient (forward + backward) costs {_range([1 + r.ratio for r in mid])}× "
+            'a forward pass: a small constant, not "parameters × forward".'
+        )
         parts.append(text)
     return " ".join(parts)
 
@@ -975,7 +1026,12 @@ def _markdown(res: Results, files: dict[str, str], command: str) -> str:
         "expansion skips a stage that ran out on a smaller one) and gradc's size guard "
         f"`naive_limit={cfg.naive_limit:,}` (parameter entries × operations of the expanded "
         "loss); kernels are built only up to an expansion size of "
-        f"{cfg.naive_kernel_limit:,}.",
+        f'{cfg.naive_kernel_limit:,}. "backward kernel µs" calls the generated backward '
+        'kernel directly; "prog.grad µs" is the public call (argument checks, forward '
+        'pass, allocation included). "cse s" is the joint `sympy.cse` alone. Note: the '
+        "naive kernel printer runs `sympy.cse` inside each gradient entry (never across "
+        "entries), so the naive kernels execute fewer operations than the derivation's "
+        "count shown here.",
         "",
         "## Machine",
         "",
@@ -1007,9 +1063,10 @@ def _markdown(res: Results, files: dict[str, str], command: str) -> str:
         f"## Shared strategy: backward ÷ forward time (batch {cfg.ratio_batch})",
         "",
         "The module's forward and backward kernels called directly with the arguments "
-        "`value_and_grad` gives them (median over interleaved repeats, one BLAS thread); "
-        "the last column times the public `prog.grad` against `prog.loss`, Python-side "
-        "checks included.",
+        "`value_and_grad` gives them (median over interleaved repeats, one BLAS thread). "
+        "The last column times the public `prog.grad` against `prog.loss` instead, "
+        "Python-side checks included. Only sigmoid rows are judged; relu rows (no exp in "
+        "the forward pass) show where the time goes.",
         "",
         _ratio_table(res.ratio),
         "",
@@ -1030,8 +1087,8 @@ def _points(res: Results, key: str) -> str:
     runs = res.depth if "depth" in key else res.width
     if key.startswith("naive + joint"):
         vals = [r.naive.cse_ops for r in runs]
-    elif "gradient time" in key:
-        vals = [(r.naive if key.startswith("naive") else r.shared).grad_s for r in runs]
+    elif "kernel time" in key:
+        vals = [(r.naive if key.startswith("naive") else r.shared).backward_kernel_s for r in runs]
     else:
         vals = [(r.naive if key.startswith("naive") else r.shared).backward_ops for r in runs]
     used = [r.label for r, v in zip(runs, vals) if v]
@@ -1042,69 +1099,118 @@ def _plots(res: Results, out: Path, suffix: str, verbose: bool) -> dict[str, str
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         _say(verbose, "matplotlib is not installed: plots skipped")
         return {}
     files = {}
 
+    naive_c, cse_c, shared_c = "tab:red", "tab:orange", "tab:blue"
+
     def series(runs, get):
         pts = [(r.params, get(r)) for r in runs if get(r)]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    def line(ax, runs, get, label, style, fit=True):
+    def line(ax, runs, get, label, style, color, fit=True):
         xs, ys = series(runs, get)
         if not xs:
             return
         s = _slope(xs, ys) if fit else None
         text = label if s is None else f"{label} (slope {s:.2f})"
-        ax.loglog(xs, ys, style, label=text)
+        ax.loglog(xs, ys, style, color=color, label=text)
+
+    def finish(ax, xlabel, ylabel, title):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
 
     # 1. backward operations against parameters
     fig = Figure(figsize=(7.5, 5.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    line(ax, res.width, lambda r: r.naive.backward_ops, "naive, width", "o-", True)
-    line(ax, res.width, lambda r: r.naive.cse_ops, "naive + joint CSE, width", "s:", True)
-    line(ax, res.width, lambda r: r.shared.backward_ops, "shared δ, width", "o-", True)
-    line(ax, res.depth, lambda r: r.naive.backward_ops, "naive, depth", "^--", True)
-    line(ax, res.depth, lambda r: r.shared.backward_ops, "shared δ, depth", "^--", True)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("backward operations per sample")
-    ax.set_title("Backward cost against parameter count (log–log)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    line(ax, res.width, lambda r: r.naive.backward_ops, "naive, width", "o-", naive_c)
+    line(ax, res.width, lambda r: r.naive.cse_ops, "naive + joint CSE, width", "s-", cse_c)
+    line(ax, res.width, lambda r: r.shared.backward_ops, "shared δ, width", "o-", shared_c)
+    line(ax, res.depth, lambda r: r.naive.backward_ops, "naive, depth", "^--", naive_c)
+    line(ax, res.depth, lambda r: r.shared.backward_ops, "shared δ, depth", "^--", shared_c)
+    finish(
+        ax,
+        "parameters",
+        "backward operations per sample",
+        "Backward cost against parameter count (log–log)",
+    )
     name = f"naive_vs_shared_ops{suffix}.png"
     fig.savefig(out / name, dpi=110, bbox_inches="tight")
     files["backward operations against parameters"] = name
 
-    # 2. times against parameters
+    # 2. times against parameters (width sweep solid and fitted, depth sweep dashed)
     fig = Figure(figsize=(12, 4.8))
     FigureCanvasAgg(fig)
-    ax1 = fig.add_subplot(1, 2, 1)
-    both = res.width + [r for r in res.depth if r.sizes not in {w.sizes for w in res.width}]
-    both.sort(key=lambda r: r.params)
 
-    def build(r, s):
+    def build(s):
         parts = [s.derive_s, s.print_s, s.compile_s]
         return sum(parts) if all(p is not None for p in parts) else None
 
-    line(ax1, both, lambda r: r.naive.derive_s, "naive: derivation", "o-", True)
-    line(ax1, both, lambda r: build(r, r.naive), "naive: derive + print + compile", "s-", True)
-    line(ax1, both, lambda r: r.shared.derive_s, "shared: derivation", "o-", True)
-    line(ax1, both, lambda r: build(r, r.shared), "shared: derive + print + compile", "s-", True)
-    ax1.set_xlabel("parameters (width and depth sweeps)")
-    ax1.set_ylabel("seconds")
-    ax1.set_title("Derivation and kernel build time")
-    ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
+    def us(v):
+        return None if v is None else v * 1e6
+
+    ax1 = fig.add_subplot(1, 2, 1)
+    line(ax1, res.width, lambda r: r.naive.derive_s, "naive: derivation", "o-", naive_c)
+    line(ax1, res.width, lambda r: build(r.naive), "naive: derive+print+compile", "s-", cse_c)
+    line(ax1, res.width, lambda r: r.shared.derive_s, "shared: derivation", "o-", shared_c)
+    line(
+        ax1, res.width, lambda r: build(r.shared), "shared: derive+print+compile", "s-", "tab:cyan"
+    )
+    line(
+        ax1,
+        res.depth,
+        lambda r: r.naive.derive_s,
+        "naive: derivation, depth",
+        "^--",
+        naive_c,
+        False,
+    )
+    line(
+        ax1,
+        res.depth,
+        lambda r: r.shared.derive_s,
+        "shared: derivation, depth",
+        "^--",
+        shared_c,
+        False,
+    )
+    finish(ax1, "parameters", "seconds", "Derivation and kernel build time")
     ax2 = fig.add_subplot(1, 2, 2)
-    line(ax2, both, lambda r: r.naive.grad_s and r.naive.grad_s * 1e6, "naive", "o-", True)
-    line(ax2, both, lambda r: r.shared.grad_s * 1e6, "shared δ", "o-", True)
-    ax2.set_xlabel("parameters (width and depth sweeps)")
-    ax2.set_ylabel(f"µs per prog.grad, batch {res.config.batch}")
-    ax2.set_title("Gradient time per batch")
-    ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=8)
+    line(
+        ax2,
+        res.width,
+        lambda r: us(r.naive.backward_kernel_s),
+        "naive: backward kernel",
+        "o-",
+        naive_c,
+    )
+    line(
+        ax2,
+        res.width,
+        lambda r: us(r.shared.backward_kernel_s),
+        "shared δ: backward kernel",
+        "o-",
+        shared_c,
+    )
+    line(ax2, res.width, lambda r: us(r.naive.grad_s), "naive: prog.grad", "s:", naive_c, False)
+    line(
+        ax2, res.width, lambda r: us(r.shared.grad_s), "shared δ: prog.grad", "s:", shared_c, False
+    )
+    finish(
+        ax2,
+        "parameters (width sweep)",
+        f"µs per call, batch {res.config.batch}",
+        "Gradient time per batch",
+    )
     name = f"naive_vs_shared_time{suffix}.png"
     fig.savefig(out / name, dpi=110, bbox_inches="tight")
     files["derivation, compile and gradient time against parameters"] = name
@@ -1114,23 +1220,36 @@ def _plots(res: Results, out: Path, suffix: str, verbose: bool) -> dict[str, str
         fig = Figure(figsize=(7.5, 4.5))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
+        colors = {"sigmoid": "tab:blue", "relu": "tab:orange"}
+        depths = sorted({len(r.sizes) - 2 for r in res.ratio})
+        markers = {d: m for d, m in zip(depths, "o^sD")}
+        first = res.ratio[0].activation
         for act in dict.fromkeys(r.activation for r in res.ratio):
-            rows = sorted((r for r in res.ratio if r.activation == act), key=lambda r: r.params)
-            xs = [r.params for r in rows]
-            ax.semilogx(xs, [r.ratio for r in rows], "o-", label=f"kernel time, {act}")
-            if act == "sigmoid":
-                for r in rows:
-                    ax.annotate(r.label, (r.params, r.ratio), fontsize=7, rotation=30)
-        rows = sorted(
-            (r for r in res.ratio if r.activation == res.ratio[0].activation),
-            key=lambda r: r.params,
-        )
-        ax.semilogx(
-            [r.params for r in rows],
-            [r.backward_ops / max(r.forward_ops, 1) for r in rows],
-            "s--",
-            label="operation count",
-        )
+            for d in depths:
+                rows = sorted(
+                    (r for r in res.ratio if r.activation == act and len(r.sizes) - 2 == d),
+                    key=lambda r: r.params,
+                )
+                if not rows:
+                    continue
+                hidden = f"{d} hidden layer{'s' if d > 1 else ''}"
+                ax.semilogx(
+                    [r.params for r in rows],
+                    [r.ratio for r in rows],
+                    "-",
+                    marker=markers[d],
+                    color=colors.get(act),
+                    label=f"time, {act}, {hidden}",
+                )
+                if act == first:
+                    ax.semilogx(
+                        [r.params for r in rows],
+                        [r.backward_ops / max(r.forward_ops, 1) for r in rows],
+                        ":",
+                        marker=markers[d],
+                        color="grey",
+                        label=f"operations, {hidden}",
+                    )
         ax.axhspan(1, 3, color="green", alpha=0.08, label="1 to 3")
         ax.set_xlabel("parameters")
         ax.set_ylabel("backward ÷ forward")

@@ -60,7 +60,8 @@ def count_expr(expr: sp.Expr) -> OpCount:
     return OpCount(mul, add, func)
 
 
-def _cse_count(expr: sp.Expr) -> OpCount:
+def cse_count(expr: sp.Expr) -> OpCount:
+    """Operations of an expression after its own common subexpressions are named once."""
     temps, (reduced,) = sp.cse(expr, optimizations="basic")
     total = count_expr(reduced)
     for _, e in temps:
@@ -73,7 +74,7 @@ def count_node(node: Node) -> OpCount:
     if isinstance(node, (Leaf, Transpose)):
         return OpCount()
     if isinstance(node, Map):
-        return _cse_count(node.fn.expr) * node.size
+        return cse_count(node.fn.expr) * node.size
     if isinstance(node, MatMul):
         a, b = node.args
         macs = a.shape[0] * b.shape[1] if node.contract else a.shape[0] * a.shape[1] * b.shape[1]
@@ -86,10 +87,11 @@ def count_node(node: Node) -> OpCount:
         k = node.args[0].size
         return OpCount(0, 3 * k, k + 1)
     if isinstance(node, EntrySum):
+        # each entry is CSE'd on its own, as the kernel prints it (nothing shared across entries)
         total = OpCount()
         for row in node.exprs:
             for e in row:
-                total = total + count_expr(e) + OpCount(1, 1, 0)
+                total = total + cse_count(e) + OpCount(1, 1, 0)
         return total
     return OpCount()
 

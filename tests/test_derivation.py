@@ -35,7 +35,7 @@ SPECS = {
         gc.mse,
     ),
     "softplus-ce": lambda: (
-        gc.Sequential(gc.Dense(3, 3, gc.softplus), gc.Dense(3, 3)),
+        gc.Sequential(gc.Dense(2, 2, gc.softplus), gc.Dense(2, 3)),
         gc.softmax_cross_entropy,
     ),
 }

@@ -56,9 +56,23 @@ def naive_gradients(graph: Graph, limit: int | None = None):
             f"{entries:,} times ({entries * size:,} > naive_limit={limit:,}); "
             "use strategy='shared' or raise naive_limit"
         )
+    # differentiate with respect to real stand-ins: for a symbol of unknown realness
+    # SymPy's derivative of Abs or sign brings in re() and im()
+    real = {}
+    for leaf in graph.params + graph.inputs + graph.targets:
+        for row in param_entries(leaf):
+            for e in row:
+                real[e] = sp.Dummy(str(e), real=True)
+    back = {v: k for k, v in real.items()}
+    real_loss = loss.xreplace(real)
     grads = []
     for leaf in graph.params:
-        grads.append([[sp.diff(loss, e) for e in row] for row in param_entries(leaf)])
+        grads.append(
+            [
+                [sp.diff(real_loss, real[e]).xreplace(back) for e in row]
+                for row in param_entries(leaf)
+            ]
+        )
     return grads, loss
 
 

@@ -56,7 +56,14 @@ def _map(node: Map, delta: Node, needs) -> list[Node | None]:
         else:
             partial = sp.diff(node.fn.expr, var)
             if partial.has(sp.Derivative, sp.Subs):
-                raise GradcError(f"SymPy finds no derivative of {node.fn.expr} in {var}")
+                shown = {
+                    v: sp.Symbol(a.label or f"t{k}")
+                    for k, (v, a) in enumerate(zip(node.fn.variables, node.args))
+                }
+                raise GradcError(
+                    f"SymPy finds no derivative of {node.fn.expr.xreplace(shown)} "
+                    f"with respect to {shown[var]}"
+                )
             if partial == 0:
                 out.append(None)
                 continue

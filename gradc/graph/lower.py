@@ -15,13 +15,13 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..errors import GradcError
-from ..spec.elementwise import lookup
+from ..spec.elementwise import lookup, registered
 from ..spec.model import Spec
 from ..spec.reductions import LogSumExp as SpLogSumExp
 from ..spec.reductions import MatrixSum
 from .nodes import Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 
-__all__ = ["Graph", "lower", "make_map"]
+__all__ = ["Graph", "lower", "make_map", "exact_number"]
 
 
 class Graph:
@@ -146,6 +146,11 @@ class _Lowering:
             if not expr.is_finite or not expr.is_real:
                 raise GradcError(f"the constant {expr} is not a finite real number")
             return self._const(np.full((1, 1), float(expr)))
+        _check_scalar_formula(expr)
+        found = match_elementwise(expr)
+        if found is not None:
+            row, arg = found
+            return Map(row.body, (self.scalar(arg),), elementwise=row)
         # a scalar formula over atoms (leaves and reductions) → one Map
         atoms: list[sp.Basic] = []
         self._collect_atoms(expr, atoms)
@@ -164,7 +169,10 @@ class _Lowering:
         stack = [expr]
         while stack:
             e = stack.pop()
-            if isinstance(e, (sp.Symbol, MatrixSum, SpLogSumExp, MatrixElement, sp.MatrixSymbol)):
+            if e is not expr and match_elementwise(e) is not None:
+                if e not in out:
+                    out.append(e)  # a registered function: its own node, σ′ through σ
+            elif isinstance(e, (sp.Symbol, MatrixSum, SpLogSumExp, MatrixElement, sp.MatrixSymbol)):
                 if isinstance(e, sp.Dummy):
                     raise GradcError(f"bound or dummy symbol {e} in the objective")
                 if e not in out:
@@ -300,12 +308,20 @@ class _Lowering:
         return make_map(sp.Lambda(tuple(dummies), op(*dummies)), nodes)
 
 
+def exact_number(value: float) -> sp.Number:
+    """A float as SymPy holds it exactly (an Integer when it is one): never rounded."""
+    value = float(value)
+    return (
+        sp.Integer(int(value)) if value.is_integer() and abs(value) < 2**53 else sp.Float(value, 17)
+    )
+
+
 def make_map(fn: sp.Lambda, args, shape=None) -> Node:
     """A Map with scalar constant arguments folded into its Lambda."""
     keep, consts = [], {}
     for v, a in zip(fn.variables, args):
         if isinstance(a, Leaf) and a.role == "const" and a.is_scalar:
-            consts[v] = sp.nsimplify(a.value[0, 0])
+            consts[v] = exact_number(a.value[0, 0])
         else:
             keep.append((v, a))
     if shape is None:
@@ -314,6 +330,43 @@ def make_map(fn: sp.Lambda, args, shape=None) -> Node:
     if not keep:
         return Leaf("const", shape, False, value=np.full(shape, float(body)), label=str(body))
     return Map(sp.Lambda(tuple(v for v, _ in keep), body), [a for _, a in keep], shape)
+
+
+_W = sp.Wild("W")
+_PATTERNS: dict[int, tuple] = {}
+
+
+def match_elementwise(expr: sp.Expr):
+    """(row, argument) when ``expr`` is a registered function with a derivative through
+    its output (a scalar ``gc.sigmoid(u)`` is ``1/(1 + exp(-u))`` to SymPy), else None."""
+    if expr.is_Atom or not isinstance(expr, sp.Expr):
+        return None
+    for row in registered():
+        if row.deriv_via_out is None or row.body.expr == row.body.variables[0]:
+            continue
+        key = id(row)
+        if key not in _PATTERNS:
+            _PATTERNS[key] = (row, row.body.expr.xreplace({row.body.variables[0]: _W}))
+        _, pattern = _PATTERNS[key]
+        if type(expr) is not type(pattern):
+            continue
+        m = expr.match(pattern)
+        if m and _W in m and not m[_W].has(sp.Wild) and m[_W] != expr:
+            if sp.simplify(pattern.xreplace({_W: m[_W]}) - expr) == 0:
+                return row, m[_W]
+    return None
+
+
+def _check_scalar_formula(expr: sp.Expr) -> None:
+    """Refuse what no real-valued kernel can compute, naming it."""
+    for bad in (sp.zoo, sp.oo, -sp.oo, sp.nan):
+        if expr.has(bad):
+            raise GradcError(f"the expression {expr} contains the non-finite constant {bad}")
+    if expr.has(sp.I) or any(n.is_real is False for n in expr.atoms(sp.Number)):
+        raise GradcError(f"the expression {expr} has complex values (I); gradc computes with reals")
+    for pw in expr.atoms(sp.Piecewise):
+        if pw.args[-1].cond != sp.true:
+            raise GradcError(f"{pw} has no otherwise branch: add (value, True) as its last piece")
 
 
 def _const_label(value: np.ndarray) -> str:

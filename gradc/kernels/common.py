@@ -22,7 +22,13 @@ __all__ = ["Lines", "UpdateForm", "comment_text", "entry_atoms", "map_expression
 
 def comment_text(text: str) -> str:
     """User text made safe for a one-line comment."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:160]
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(text))[:160]
+    # also safe inside the module docstring: no escape sequences, no closing quotes
+    return text.replace(BACKSLASH, BACKSLASH * 2).replace(QUOTES, "'" * 3)
+
+
+BACKSLASH = chr(92)
+QUOTES = chr(34) * 3
 
 
 class Lines:

@@ -145,7 +145,7 @@ class CudaProgram(Program):
         with _on_device():
             ns = self._device_namespace(n, p, data)
             self._call("forward", self.module.forward, self.kernels.forward_args, ns)
-            return float(ns["losses"].copy_to_host()[0])
+            return self._check_result(float(ns["losses"].copy_to_host()[0]))
 
     def predict(self, params: Mapping, X=None) -> np.ndarray:
         """The output for each sample, shape (n, k): one row per sample."""
@@ -177,6 +177,7 @@ class CudaProgram(Program):
             self._call("backward", self.module.backward, self.kernels.backward_args, ns)
             loss = float(ns["losses"].copy_to_host()[0])
             host = [g.copy_to_host() for g in grads]
+        self._check_result(loss, host)
         return loss, self._as_user_dict(host, params)
 
     # -- training ---------------------------------------------------------------

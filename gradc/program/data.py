@@ -87,7 +87,14 @@ def _one(leaf: Leaf, value, dtype) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         bad = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise GradcError(f"{leaf.role} {leaf.label!r} contains NaN or inf (first in row {bad})")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        bad = int(np.argwhere(~np.isfinite(out))[0][0])
+        raise GradcError(
+            f"{leaf.role} {leaf.label!r} overflows {np.dtype(dtype).name} (first in row {bad})"
+        )
+    return out
 
 
 def data_arrays(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_targets=True):

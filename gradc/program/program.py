@@ -182,7 +182,7 @@ class Program:
         data, n = self._data(X, Y)
         ns = self._namespace(n, p, data, self._workspace(n))
         args = [ns[a] for a in self.kernels.forward_args]
-        return float(self._timed_call("forward", self.module.forward, args))
+        return self._check_result(float(self._timed_call("forward", self.module.forward, args)))
 
     def predict(self, params: Mapping, X=None) -> np.ndarray:
         """The output for each sample, shape (n, k): one row per sample."""
@@ -217,7 +217,18 @@ class Program:
         self._timed_call(
             "backward", self.module.backward, [ns[a] for a in self.kernels.backward_args]
         )
+        self._check_result(float(loss), grads)
         return float(loss), self._as_user_dict(grads, params)
+
+    def _check_result(self, loss: float, grads=()) -> float:
+        """A non-finite loss or gradient from finite data is an error, not a number."""
+        _finite(loss, "loss")
+        for leaf, g in zip(self.graph.params, grads):
+            if not np.all(np.isfinite(g)):
+                raise GradcError(
+                    f"the gradient for {leaf.label!r} is not finite at these parameters"
+                )
+        return loss
 
     def grad(self, params: Mapping, X=None, Y=None) -> dict[str, np.ndarray]:
         """The gradient of the mean loss, a dict shaped like ``params``."""
@@ -455,6 +466,15 @@ class Program:
         what = repr(net) if net is not None else f"{len(self.graph.params)} parameters"
         loss = getattr(self.spec.loss_fn, "__name__", None)
         return f"Program({what}{', ' + loss if loss else ''}, {self.strategy}, {self.target}, {self.dtype.name})"
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise GradcError(
+            f"the {what} is {value} at these parameters and data (overflow or a value "
+            "outside a function's domain)"
+        )
+    return value
 
 
 def _progress(enabled: bool, total: int, nrows: int):

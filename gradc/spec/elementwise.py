@@ -86,6 +86,11 @@ def _canonical(lam: sp.Lambda) -> sp.Expr:
     return lam.expr.xreplace({var: _z})
 
 
+def registered() -> list[Elementwise]:
+    """Every registered row, built-in and user-defined."""
+    return list(_REGISTRY.values())
+
+
 def lookup(lam: sp.Lambda) -> Elementwise | None:
     """The registered row whose body is ``lam`` (up to the variable's name)."""
     if len(lam.variables) != 1:
@@ -198,7 +203,10 @@ def leaky_relu(alpha: float = 0.01) -> Elementwise:
     >>> lrelu.name
     'leaky_relu(0.1)'
     """
-    a = sp.nsimplify(alpha) if isinstance(alpha, (int, float)) else sp.sympify(alpha)
+    if isinstance(alpha, (int, float)):
+        a = sp.Integer(alpha) if float(alpha).is_integer() else sp.Float(alpha, 17)
+    else:
+        a = sp.sympify(alpha)
     hint = None
     if a.is_positive:
         hint = sp.Lambda(_y, sp.Piecewise((1, _y > 0), (a, True)))

@@ -40,3 +40,24 @@ def test_healthy_training_is_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientHealthWarning)
         prog.fit(params, X, Y, epochs=3, batch_size=4)
+
+
+def test_progress_line_without_tqdm(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
+    prog = gc.compile(net, loss=gc.mse)
+    params = prog.init(seed=1)
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(16, 3)), rng.normal(size=(16, 2))
+    hist = prog.fit(params, X, Y, epochs=2, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert f"step {hist.steps}/{hist.steps}" in err and "epoch 2" in err and "samples/s" in err

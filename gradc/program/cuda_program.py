@@ -309,7 +309,7 @@ class CudaProgram(Program):
         loss_parts, norm_parts, epoch_losses, path = [], [], [], []
         if record_path:
             path.append(self._snapshot(p, params))
-        bar = _progress(progress, total_steps, nrows if has_data else 0)
+        bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
         done, epoch = 0, 0
         start_time = time.perf_counter()
         try:

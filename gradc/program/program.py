@@ -321,7 +321,7 @@ class Program:
         losses, norms, epoch_losses, path = [], [], [], []
         if record_path:
             path.append(self._snapshot(p, params))
-        bar = _progress(progress, total_steps, nrows if has_data else 0)
+        bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
         done = 0
         epoch = 0
         start_time = time.perf_counter()
@@ -477,9 +477,9 @@ def _finite(value: float, what: str) -> float:
     return value
 
 
-def _progress(enabled: bool, total: int, nrows: int):
+def _progress(enabled: bool, total: int, batch_size: int, per_epoch: int):
     if not enabled:
         return None
     from .progress import ProgressBar
 
-    return ProgressBar(total, nrows)
+    return ProgressBar(total, batch_size, per_epoch)

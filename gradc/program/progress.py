@@ -13,9 +13,10 @@ __all__ = ["ProgressBar"]
 
 
 class ProgressBar:
-    def __init__(self, total_steps: int, nrows: int):
+    def __init__(self, total_steps: int, batch_size: int, steps_per_epoch: int):
         self.total = total_steps
-        self.nrows = nrows
+        self.batch_size = max(batch_size, 1)
+        self.per_epoch = max(steps_per_epoch, 1)
         self.done = 0
         self.start = time.perf_counter()
         try:
@@ -29,12 +30,15 @@ class ProgressBar:
         self.done += steps
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         speed = self.done / elapsed
+        samples = speed * self.batch_size
+        epoch = (self.done - 1) // self.per_epoch + 1
         if self._bar is not None:
             self._bar.update(steps)
-            self._bar.set_postfix(loss=f"{loss:.4g}", steps_per_s=f"{speed:.3g}")
+            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.4g}", samples_per_s=f"{samples:.3g}")
         else:
             sys.stderr.write(
-                f"\rstep {self.done}/{self.total}  loss {loss:.6g}  {speed:,.0f} steps/s"
+                f"\repoch {epoch}  step {self.done}/{self.total}  loss {loss:.6g}  "
+                f"{speed:,.0f} steps/s  {samples:,.0f} samples/s"
             )
             sys.stderr.flush()
 

@@ -41,10 +41,12 @@ def replay_sgd(prog, X, Y, lr, steps):
     params, losses = prog.init(seed=0), []
     with np.errstate(all="ignore"):  # the point is to watch it overflow
         for _ in range(steps):
-            loss, grads = prog.value_and_grad(params, X, Y)
-            losses.append(loss)
-            if not all(np.isfinite(g).all() for g in grads.values()) or not np.isfinite(loss):
+            try:
+                loss, grads = prog.value_and_grad(params, X, Y)
+            except gc.GradcError:  # the loss or a gradient overflowed: stop here
+                losses.append(np.inf)
                 break
+            losses.append(loss)
             for k in params:
                 params[k] -= lr * grads[k]
     return np.array(losses)

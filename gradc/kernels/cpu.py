@@ -43,6 +43,7 @@ __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 # call overhead of BLAS (~1 µs) is more than literal-shape loops cost.
 BLAS_MIN_MACS = 256
 BLAS_MIN_TOTAL = 32768
+BLAS_MIN_CONTRACT = 16  # batch size from which Σₙ δₙ·xₙᵀ goes to BLAS
 
 
 @dataclass
@@ -328,6 +329,10 @@ class CpuPrinter:
         per_batch = node.batched or node.contract
         if blas:
             cond = f"n * {macs} >= {BLAS_MIN_TOTAL}" if per_batch else "True"
+            if node.contract:
+                # a sum of a few outer products is a GEMM with a tiny inner dimension:
+                # one sweep over the output, row by row, is several times faster
+                cond += f" and n >= {BLAS_MIN_CONTRACT}"
             out(f"if {cond}:")
             with out.indent():
                 out(self._blas_call(node))
@@ -471,7 +476,7 @@ class CpuPrinter:
             out.depth -= d
 
     def update_body(self, out: _Lines, rule: UpdateRule) -> None:
-        """One optimizer step on every entry; ``check`` ends NaN if a new value is not finite."""
+        """One optimizer step on every entry; ``bad`` counts new values that are not finite."""
         params = self.deriv.graph.params
         form = UpdateForm.of(rule)
         theta, states, hypers, targets = form.theta, form.states, form.hypers, form.targets
@@ -480,7 +485,7 @@ class CpuPrinter:
             out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
         for e, h in hoisted_exprs.items():
             out(f"{h} = {self.scalar.doprint_expr(e)}")
-        out(f"check = {self.scalar._num(0)}")
+        out("bad = 0  # counts non-finite new values (an integer sum still vectorises)")
         for k, p in enumerate(params):
             out(f"# update {comment_text(p.label)}")
             with self.scope(out) as body:
@@ -496,7 +501,10 @@ class CpuPrinter:
                 for tgt in targets:
                     if tgt == theta:
                         body(f"p{k}[{r}, {c}] = new_{tgt}")
-                        body(f"check += new_{tgt} * {self.scalar._num(0)}")
+                        body(
+                            f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN"
+                        )
+                        body("bad += z != z")
                     else:
                         body(f"s{k}_{states.index(tgt)}[{r}, {c}] = new_{tgt}")
 
@@ -541,7 +549,7 @@ class CpuPrinter:
         with out.indent():
             out('"""One optimizer step on every parameter; False if any result is not finite."""')
             self.update_body(out, rule)
-            out("return check == check  # NaN only if some new value was inf or NaN")
+            out("return bad == 0")
         return out.text(), args
 
     def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
@@ -620,7 +628,7 @@ class CpuPrinter:
                 out("t = F(opt_step + step - start + 1)")
                 out("# ---- update")
                 self.update_body(out, rule)
-                out("if not check == check:")
+                out("if bad:")
                 with out.indent():
                     out("return 3, step")
             out("return 0, stop")
@@ -700,7 +708,7 @@ class CpuPrinter:
 
 
 # names of statement-local variables in generated code (renamed per statement)
-_LOCAL = re.compile(r"\b(?:i|r|c|k|j|acc|av|big|sq|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b")
+_LOCAL = re.compile(r"\b(?:i|r|c|k|j|z|acc|av|big|sq|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b")
 
 
 def _transposed(operand: str) -> str:

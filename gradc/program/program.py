@@ -324,6 +324,7 @@ class Program:
         bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
         done = 0
         epoch = 0
+        samples = 0
         start_time = time.perf_counter()
         try:
             while done < total_steps:
@@ -371,10 +372,9 @@ class Program:
                         bar(stop - start, float(l_out[-1]))
                 done += in_epoch
                 if has_data:
-                    sizes = np.array(
-                        [min(bs, nrows - b * bs) for b in range(in_epoch)], dtype=float
-                    )
+                    sizes = np.minimum(bs, nrows - np.arange(in_epoch) * bs).astype(float)
                     epoch_losses.append(float(np.dot(epoch_l, sizes) / sizes.sum()))
+                    samples += int(sizes.sum())
                 epoch += 1
         finally:
             history.seconds = time.perf_counter() - start_time
@@ -385,7 +385,7 @@ class Program:
             history.grad_norms = {name: all_norms[:, k] for k, name in enumerate(self._param_names)}
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
-            history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
+            history.samples = samples
             history.weights = self._weight_names()
         self._write_back(p, params)
         if warn_health:

@@ -53,6 +53,10 @@ class UpdateRule:
             self.assignments.append((target, expr))
 
 
+_RULES: dict[type, UpdateRule] = {}
+_KEYS: dict[type, tuple] = {}
+
+
 class Optimizer:
     """Base class of update rules; subclass it to write your own.
 
@@ -92,29 +96,32 @@ class Optimizer:
                 ) from None
         self.values = values
         self._rule: UpdateRule | None = None
-        self._key: tuple | None = None
 
     def rule(self, theta, g, s, h, t) -> dict:
         raise NotImplementedError
 
     @property
     def update_rule(self) -> UpdateRule:
+        """The rule in SymPy; built once per optimizer class (it does not depend on values)."""
         if self._rule is None:
-            self._rule = UpdateRule(self)
+            cls = type(self)
+            if cls not in _RULES:
+                _RULES[cls] = UpdateRule(self)
+            self._rule = _RULES[cls]
         return self._rule
 
     def key(self) -> tuple:
         """What the compiled update kernel depends on (not the hyperparameter values)."""
-        if self._key is not None:
-            return self._key
-        r = self.update_rule
-        self._key = (
-            type(self).__qualname__,
-            r.state_names,
-            r.hyper_names,
-            tuple(map(str, r.assignments)),
-        )
-        return self._key
+        cls = type(self)
+        if cls not in _KEYS:
+            r = self.update_rule
+            _KEYS[cls] = (
+                cls.__qualname__,
+                r.state_names,
+                r.hyper_names,
+                tuple(map(str, r.assignments)),
+            )
+        return _KEYS[cls]
 
     def __repr__(self) -> str:
         vals = ", ".join(f"{k}={v:g}" for k, v in self.values.items())

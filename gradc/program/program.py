@@ -7,6 +7,7 @@ public method converts data layout, calls a kernel and returns the result.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 
@@ -102,7 +103,14 @@ class Program:
         if name in self.timings:
             return fn(*args)
         start = time.perf_counter()
-        result = fn(*args)
+        # the first call compiles: Numba's passes recurse along long kernels and can
+        # exceed Python's default limit of 1000 frames
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20_000))
+        try:
+            result = fn(*args)
+        finally:
+            sys.setrecursionlimit(limit)
         self.timings[name] = time.perf_counter() - start
         return result
 

@@ -1,0 +1,179 @@
+"""Plain regression tests for bugs the differential fuzzer (tests/test_fuzz.py) found.
+
+Each test is the minimised reproducer of one finding (see tests/FUZZ.md) and
+states what gradc should do. While a bug is open its test is marked
+``xfail(strict=True)``: the suite stays green, and the test turns red (XPASS)
+the moment the bug is fixed, so that the marker gets removed with the fix.
+The ``# observed:`` comments record what the buggy revision did. Tests without
+a marker are bugs already fixed (most of them in commit 286c4ef).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+
+
+def _value_and_grad(prog, values, X=None, Y=None):
+    params = prog.init(values)
+    if X is None and Y is None:
+        return prog.value_and_grad(params)
+    return prog.value_and_grad(params, X, Y)
+
+
+# ============================================================== wrong numbers
+
+
+def test_adam_fit_matches_hand_written_adam_when_kernel_has_cse_temporaries():
+    """fit's fused train kernel named a CSE temporary ``t0``, shadowing its step-offset
+    argument ``t0``: Adam's bias correction used a data value instead of the step number."""
+    w, x, y = sp.symbols("w x y")
+    # exp(w*x) appears twice: the forward Map gets a CSE temporary named t0
+    prog = gc.compile(gc.mse(sp.exp(w * x) + sp.exp(2 * w * x), y), params=[w], inputs=[x],
+                      targets=[y])  # fmt: skip
+    X, Y = np.array([0.5, 1.0]), np.array([1.0, 2.0])
+    params = prog.init({w: 0.1})
+    prog.fit(params, X, Y, optimizer=gc.Adam(lr=0.1), steps=3, shuffle=False)
+    theta, m, v = 0.1, 0.0, 0.0
+    for t in range(1, 4):  # torch.optim.Adam, by hand, on gradc's own gradients
+        g = float(prog.grad({"w": theta}, X, Y)["w"])
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta -= 0.1 * (m / (1 - 0.9**t)) / (math.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    # observed: -0.2504 instead of -0.1740
+    assert float(params["w"]) == pytest.approx(theta, rel=1e-9)
+
+
+@pytest.mark.parametrize("c", [1e-40, 0.50000001, 1.7320508])
+def test_matrix_scalar_factor_is_not_rounded(c):
+    """Scalar constants were folded through ``sympy.nsimplify``, which rounds |c| < ~1e-31
+    to 0 and snaps c to nearby simple numbers (0.50000001 → 1/2, 1.7320508 → √3)."""
+    x = sp.MatrixSymbol("x", 2, 1)
+    W = sp.MatrixSymbol("W", 1, 2)
+    prog = gc.compile(gc.sum(c * W * x), params=[W], inputs=[x])
+    X = np.array([[1.0, 2.0]])
+    loss, grads = prog.value_and_grad(prog.init({W: np.array([[1.0, 1.0]])}), X)
+    # observed for c=1e-40: loss 0.0 and gradient [[0, 0]]; for 0.50000001: exactly 1/2
+    assert loss == pytest.approx(3.0 * c, rel=1e-12)
+    assert np.allclose(grads["W"], c * X, rtol=1e-12, atol=0)
+
+
+def test_leaky_relu_keeps_tiny_slope():
+    """``gc.leaky_relu(alpha)`` passed alpha through ``sympy.nsimplify``: 1e-40 became 0."""
+    x, W = sp.MatrixSymbol("x", 1, 1), sp.MatrixSymbol("W", 1, 1)
+    prog = gc.compile(gc.sum(gc.leaky_relu(1e-40)(W * x)), params=[W], inputs=[x])
+    grads = prog.grad(prog.init({W: np.array([[1.0]])}), np.array([[-1.0]]))
+    # d/dW leaky_relu(W*x) at W*x = -1 is alpha*x = -1e-40; observed 0.0
+    assert float(grads["W"][0, 0]) == pytest.approx(-1e-40, rel=1e-9)
+
+
+# ============================================================== crashes / non-GradcError
+
+
+@pytest.mark.parametrize("name", ["w\\N", "w\\x", "w\\u"])
+def test_backslash_in_symbol_name(name):
+    """A backslash escape in a symbol name was written verbatim into the generated
+    module's docstring: SyntaxError on the first call."""
+    w = sp.Symbol(name)
+    prog = gc.compile(w**2, params=[w])
+    loss, grads = _value_and_grad(prog, {w: 1.5})  # observed: SyntaxError (unicode error)
+    assert loss == pytest.approx(2.25)
+    assert float(grads[name]) == pytest.approx(3.0)
+
+
+def test_triple_quote_in_symbol_name():
+    """A name containing three double quotes ended the generated docstring early: SyntaxError."""
+    name = 'a"""b'
+    w = sp.Symbol(name)
+    prog = gc.compile(w**2, params=[w])
+    loss, grads = _value_and_grad(prog, {w: 1.5})  # observed: SyntaxError
+    assert loss == pytest.approx(2.25)
+    assert float(grads[name]) == pytest.approx(3.0)
+
+
+def test_piecewise_without_otherwise_branch():
+    """A Piecewise without an otherwise branch printed as ``... else None``: TypeError
+    (expected float64, got None) where no condition holds."""
+    w = sp.Symbol("w")
+    try:
+        prog = gc.compile(sp.Piecewise((w**2, w > 0)), params=[w])
+        prog.value_and_grad(prog.init({w: -1.0}))  # observed: TypeError
+    except gc.GradcError as exc:
+        assert "Piecewise" in str(exc)
+
+
+def test_complex_constant_is_refused():
+    """``sympy.I`` in the loss reached Numba: TypingError (complex128 into a float64 array)."""
+    w = sp.Symbol("w")
+    with pytest.raises(gc.GradcError, match=r"I|complex|real"):
+        prog = gc.compile(w**2 + sp.I * w, params=[w])
+        prog.value_and_grad(prog.init({w: 0.5}))  # observed: numba TypingError
+
+
+@pytest.mark.parametrize("const", [sp.zoo, sp.oo])
+def test_infinite_constant_in_expression_is_refused(const):
+    """``w + zoo`` / ``w*oo`` compiled and returned NaN loss and gradient."""
+    w = sp.Symbol("w")
+    with pytest.raises(gc.GradcError):
+        prog = gc.compile(w**2 + const * w, params=[w])
+        prog.value_and_grad(prog.init({w: 0.5}))  # observed: (nan, {'w': nan}), no error
+
+
+# ============================================================== non-finite results, silently
+
+
+def test_scalar_sigmoid_gradient_for_large_negative_argument():
+    """The scalar sigmoid's derivative was exp(-z)/(1+exp(-z))**2 = inf/inf = NaN for
+    z < -709, where the true gradient is ~0."""
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(gc.sigmoid(w * x), y), params=[w], inputs=[x], targets=[y])
+    loss, grads = _value_and_grad(prog, {w: 1.0}, np.array([-800.0]), np.array([1.0]))
+    assert loss == pytest.approx(0.5)
+    g = float(grads["w"])  # observed: nan
+    assert math.isfinite(g) and abs(g) < 1e-300
+
+
+def test_float32_program_refuses_data_beyond_float32_range():
+    """A float32 program accepted float64 data beyond float32's range: the NaN/inf check
+    ran before the cast and the kernels saw inf."""
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y], dtype="float32")
+    with pytest.raises(gc.GradcError, match="x"):
+        # observed: (inf, {'w': inf}) without an error
+        _value_and_grad(prog, {w: 0.5}, np.array([1e300, 1.0]), np.array([0.0, 1.0]))
+
+
+def test_overflowing_loss_is_reported():
+    """value_and_grad returned an overflowed (inf) loss instead of raising GradcError."""
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+    with pytest.raises(gc.GradcError):
+        # exact loss 3.1e599 is not a float64; observed: (inf, {'w': inf})
+        _value_and_grad(prog, {w: 0.5}, np.array([1e300, 1.0]), np.array([0.0, 1.0]))
+
+
+# ============================================================== unhelpful messages
+
+
+def test_naive_abs_of_plain_symbol():
+    """strategy='naive' refused Abs of a plain Symbol with "function re has no kernel
+    form" (SymPy's complex derivative of Abs) while 'shared' compiled it."""
+    w = sp.Symbol("w")
+    prog = gc.compile(sp.Abs(w) * 3, params=[w], strategy="naive")  # observed: GradcError 're'
+    loss, grads = _value_and_grad(prog, {w: -1.5})
+    assert loss == pytest.approx(4.5)
+    assert float(grads["w"]) == pytest.approx(-3.0)
+
+
+def test_refusal_message_names_user_symbol():
+    """Refusal messages named gradc's internal dummy ``_a0`` instead of the user's symbol."""
+    weight = sp.Symbol("weight")
+    with pytest.raises(gc.GradcError) as exc:
+        gc.compile(weight * sp.floor(weight), params=[weight])
+    # observed: "SymPy finds no derivative of _a0*floor(_a0) in _a0"
+    assert "weight" in str(exc.value) and "_a0" not in str(exc.value)

@@ -478,3 +478,228 @@ def net_data(spec: NetSpec, rng: np.random.Generator, n: int):
     else:
         Y = rng.uniform(-1.0, 1.0, size=(n, k))
     return X, Y
+
+
+# --------------------------------------------------------------------------- matrix graphs
+
+
+@dataclass
+class MNode:
+    """A matrix (or scalar) SymPy expression paired with a NumPy evaluator for one sample."""
+
+    expr: object
+    shape: tuple[int, int]
+    fn: object  # fn(P, S, kinks) -> np.ndarray of ``shape``; P params, S one sample's data
+
+
+@dataclass
+class MatrixSpec:
+    """A random DAG of matrix operations ending in a per-sample loss."""
+
+    objective: sp.Expr
+    params: list
+    inputs: list
+    targets: list
+    loss_fn: object  # loss_fn(P, S, kinks) -> float for one sample
+    shapes: dict  # symbol name -> shape
+    dtype: str
+    ops: list[str]
+
+    def kwargs(self) -> dict:
+        return dict(params=self.params, inputs=self.inputs, targets=self.targets)
+
+    def reference_loss(self, P, samples, kinks=None) -> float:
+        return float(np.mean([self.loss_fn(P, S, kinks) for S in samples]))
+
+    def __repr__(self) -> str:
+        return f"MatrixSpec({self.objective}, ops={self.ops}, dtype={self.dtype!r})"
+
+
+def _act_node(name: str, v: MNode) -> MNode:
+    f = NP_ACTS[name]
+    kinked = name in ("relu", "leaky_relu", "softsign")
+
+    def fn(P, S, kinks, _v=v.fn):
+        z = _v(P, S, kinks)
+        if kinked and kinks is not None:
+            kinks.append(float(np.min(np.abs(z))))
+        return f(z)
+
+    return MNode(gc_activation(name)(v.expr), v.shape, fn)
+
+
+@st.composite
+def matrix_specs(draw, max_ops: int = 5, max_dim: int = 4, dtypes=("float64",)) -> MatrixSpec:
+    """Random matrix programs: dense layers, transposed products, sums, Hadamard products
+    and powers, scalar parameters and scalar data times vectors, skip connections, and
+    losses mse / softmax cross-entropy / binary cross-entropy / sum / logsumexp, with
+    optional L2 penalties on weights (unbatched terms in a batched loss)."""
+    params, inputs, targets, shapes, ops = [], [], [], {}, []
+
+    def new_param(prefix, shape):
+        name = f"{prefix}{len(params)}"
+        s = sp.Symbol(name) if prefix == "c" else sp.MatrixSymbol(name, *shape)
+        params.append(s)
+        shapes[name] = shape
+        return s
+
+    k = draw(st.integers(1, max_dim))
+    x = sp.MatrixSymbol("x", k, 1)
+    inputs.append(x)
+    shapes["x"] = (k, 1)
+    pool = [MNode(x, (k, 1), lambda P, S, kinks: S["x"])]
+    if draw(st.booleans()):
+        k2 = draw(st.integers(1, max_dim))
+        x2 = sp.MatrixSymbol("u", k2, 1)
+        inputs.append(x2)
+        shapes["u"] = (k2, 1)
+        pool.append(MNode(x2, (k2, 1), lambda P, S, kinks: S["u"]))
+    sx = None
+    if draw(st.integers(0, 3)) == 0:
+        sx = sp.Symbol("s")
+        inputs.append(sx)
+        shapes["s"] = (1, 1)
+
+    for step in range(draw(st.integers(1, max_ops))):
+        v = pool[-1] if step == 0 else draw(st.sampled_from(pool))
+        m = v.shape[0]
+        same = [u for u in pool if u.shape == v.shape and u is not v]
+        op = draw(
+            st.sampled_from(
+                ["dense", "dense", "act", "act", "add", "hadamard", "scale_param", "scale_const",
+                 "power", "transposed_dense", "scale_data", "nobias"]
+            )
+        )  # fmt: skip
+        if op in ("add", "hadamard") and not same:
+            op = "dense"
+        if op == "scale_data" and sx is None:
+            op = "act"
+        if step == 0:  # every program has at least one weight matrix
+            op = draw(st.sampled_from(["dense", "nobias", "transposed_dense"]))
+        if op in ("dense", "nobias", "transposed_dense"):
+            m2 = draw(st.integers(1, max_dim))
+            W = new_param("W", (m2, m))
+            if op == "transposed_dense":  # (vᵀ·Wᵀ)ᵀ: row-vector products and transposes
+                expr = (v.expr.T * W.T).T
+            else:
+                expr = W * v.expr
+            fn = lambda P, S, kinks, _v=v.fn, _w=W.name: P[_w] @ _v(P, S, kinks)  # noqa: E731
+            if op != "nobias":
+                b = new_param("b", (m2, 1))
+                bname = b.name
+                expr = expr + b
+                fn = lambda P, S, kinks, _f=fn, _b=bname: _f(P, S, kinks) + P[_b]  # noqa: E731
+            node = MNode(expr, (m2, 1), fn)
+        elif op == "act":
+            node = _act_node(draw(st.sampled_from(ACT_NAMES)), v)
+        elif op in ("add", "hadamard"):
+            u = draw(st.sampled_from(same))
+            if op == "add":
+                expr = v.expr + u.expr
+                fn = lambda P, S, kinks, a=v.fn, b=u.fn: a(P, S, kinks) + b(P, S, kinks)  # noqa: E731
+            else:
+                expr = sp.HadamardProduct(v.expr, u.expr)
+                fn = lambda P, S, kinks, a=v.fn, b=u.fn: a(P, S, kinks) * b(P, S, kinks)  # noqa: E731
+            node = MNode(expr, v.shape, fn)
+        elif op == "scale_param":
+            s = new_param("c", (1, 1))
+            node = MNode(
+                s * v.expr, v.shape, lambda P, S, kinks, _v=v.fn, _s=s.name: P[_s] * _v(P, S, kinks)
+            )
+        elif op == "scale_const":
+            c = draw(st.sampled_from([0.5, -1.25, 3.0, 0.1, 1e-3]))
+            node = MNode(
+                c * v.expr, v.shape, lambda P, S, kinks, _v=v.fn, _c=c: _c * _v(P, S, kinks)
+            )
+        elif op == "scale_data":
+            node = MNode(
+                sx * v.expr, v.shape, lambda P, S, kinks, _v=v.fn: S["s"] * _v(P, S, kinks)
+            )
+        else:  # power
+            p = draw(st.sampled_from([2, 3]))
+            node = MNode(
+                sp.HadamardPower(v.expr, p),
+                v.shape,
+                lambda P, S, kinks, _v=v.fn, _p=p: _v(P, S, kinks) ** _p,
+            )
+        ops.append(op)
+        pool.append(node)
+
+    out = pool[-1]
+    m = out.shape[0]
+    loss_kind = draw(st.sampled_from(["mse", "sce", "bce", "sum", "logsumexp"]))
+    ops.append(loss_kind)
+    if loss_kind in ("mse", "sce", "bce"):
+        y = sp.MatrixSymbol("y", m, 1)
+        targets.append(y)
+        shapes["y"] = (m, 1)
+    o = out.fn
+    if loss_kind == "mse":
+        objective = gc.mse(out.expr, y)
+
+        def loss_fn(P, S, kinks):
+            return 0.5 * float(np.sum((o(P, S, kinks) - S["y"]) ** 2))
+    elif loss_kind == "sce":
+        objective = gc.softmax_cross_entropy(out.expr, y)
+
+        def loss_fn(P, S, kinks):
+            z = o(P, S, kinks)
+            top = np.max(z)
+            return float(top + np.log(np.sum(np.exp(z - top))) - np.sum(S["y"] * z))
+    elif loss_kind == "bce":
+        objective = gc.binary_cross_entropy(gc.sigmoid(out.expr), y)
+
+        def loss_fn(P, S, kinks):
+            p = NP_ACTS["sigmoid"](o(P, S, kinks))
+            return float(-np.sum(S["y"] * np.log(p) + (1 - S["y"]) * np.log(1 - p)))
+    elif loss_kind == "sum":
+        objective = gc.sum(out.expr)
+
+        def loss_fn(P, S, kinks):
+            return float(np.sum(o(P, S, kinks)))
+    else:
+        objective = gc.logsumexp(out.expr)
+
+        def loss_fn(P, S, kinks):
+            z = o(P, S, kinks)
+            top = np.max(z)
+            return float(top + np.log(np.sum(np.exp(z - top))))
+
+    weights = [p for p in params if isinstance(p, sp.MatrixSymbol) and p.name.startswith("W")]
+    if weights and draw(st.integers(0, 2)) == 0:  # an L2 penalty: unbatched term in the loss
+        W = draw(st.sampled_from(weights))
+        lam = draw(st.sampled_from([sp.Rational(1, 100), sp.Float(0.3)]))
+        objective = objective + lam * gc.sum(sp.HadamardPower(W, 2))
+        base = loss_fn
+        ops.append(f"l2({W.name})")
+
+        def loss_fn(P, S, kinks, _b=base, _w=W.name, _l=float(lam)):
+            return _b(P, S, kinks) + _l * float(np.sum(P[_w] ** 2))
+
+    dtype = draw(st.sampled_from(list(dtypes)))
+    return MatrixSpec(objective, params, inputs, targets, loss_fn, shapes, dtype, ops)
+
+
+def matrix_data(spec: MatrixSpec, rng: np.random.Generator, n: int):
+    """(X, Y, samples): gradc's data arguments and the same data as per-sample dicts."""
+    cols = {}
+    for s in spec.inputs + spec.targets:
+        r, _ = spec.shapes[s.name]
+        if s.name == "y":
+            cols[s.name] = rng.uniform(0.05, 0.95, size=(n, r))
+        else:
+            cols[s.name] = rng.uniform(-1.0, 1.0, size=(n, r))
+    samples = [{k: v[i].reshape(-1, 1) for k, v in cols.items()} for i in range(n)]
+    for S in samples:
+        if "s" in S:
+            S["s"] = float(S["s"][0, 0])
+
+    def pack(symbols):
+        arrs = [
+            cols[s.name] if spec.shapes[s.name] != (1, 1) else cols[s.name][:, 0] for s in symbols
+        ]
+        if not arrs:
+            return None
+        return arrs[0] if len(arrs) == 1 else tuple(arrs)
+
+    return pack(spec.inputs), pack(spec.targets), samples

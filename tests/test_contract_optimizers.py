@@ -215,3 +215,36 @@ def test_bowl_optimizers_closed_form(bowl, which):
     np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-11)
     assert float(params["w1"]) == pytest.approx(float(p["w1"]), rel=1e-10, abs=1e-14)
     assert float(params["w2"]) == pytest.approx(float(p["w2"]), rel=1e-10, abs=1e-14)
+
+
+@pytest.mark.parametrize(
+    "name, batch_size, clip_norm",
+    [("sgd", 1, None), ("momentum", 5, 0.05), ("adam", 1, 0.05), ("sgd", 5, None)],
+)
+def test_batch_of_one_fused_update(data, monkeypatch, name, batch_size, clip_norm):
+    """At batch size 1 the training kernel forms each weight's gradient δ·xᵀ inside
+    its update sweep and takes the norm as ‖δ‖·‖x‖ (for weights of at least
+    FUSED_MIN_ENTRIES entries; lowered here so the small net uses it). With
+    batch_size=5 over 6 rows one epoch runs the stored path (n=5) and the fused
+    one (n=1). Parameters, losses and per-parameter gradient norms are replayed
+    with reference gradients and rules."""
+    from gradc.kernels import cpu
+
+    monkeypatch.setattr(cpu, "FUSED_MIN_ENTRIES", 1)
+    out = _out()
+    prog = gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys])
+    assert "step_outer(" in prog.source["train"]
+    make_gc, make_ref, rtol = CASES[name]
+    X, Y = data
+    start = _start(10)
+    params = prog.init(start)
+    hist = prog.fit(params, X, Y, optimizer=make_gc(), epochs=2, batch_size=batch_size,
+                    shuffle=False, clip_norm=clip_norm)
+    steps = 2 * math.ceil(6 / batch_size)
+    want, losses = _replay(make_ref(), start, X, Y, steps, batch_size, clip_norm)
+    np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-12)
+    assert_dicts_close(params, want, rtol=rtol, atol=1e-13, what=f"fused {name}")
+    # the first step's gradient norms, per parameter, against the reference gradient
+    _, g = mlp_grad_dict(start, NAMES, ACTS, X[:batch_size], Y[:batch_size], "mse")
+    for k in start:
+        assert hist.grad_norms[k][0] == pytest.approx(np.linalg.norm(g[k]), rel=1e-12)

@@ -11,6 +11,7 @@ a marker are bugs already fixed (most of them in commit 286c4ef).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -177,3 +178,92 @@ def test_refusal_message_names_user_symbol():
         gc.compile(weight * sp.floor(weight), params=[weight])
     # observed: "SymPy finds no derivative of _a0*floor(_a0) in _a0"
     assert "weight" in str(exc.value) and "_a0" not in str(exc.value)
+
+
+# ============================================================== open
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Abs(f) where SymPy cannot prove f real (here Min(w, 1/x): 1/x may be zoo) is "
+    "refused with 'function re has no kernel form in gradc' (SymPy's complex derivative "
+    "of Abs); both strategies; since 286c4ef also hit by a scalar gc.sigmoid inside Abs",
+)
+@pytest.mark.parametrize("strategy", ["shared", "naive"])
+def test_abs_of_expression_not_provably_real(strategy):
+    w, x = sp.symbols("w x")
+    prog = gc.compile(sp.Abs(sp.Min(w, 1 / x)), params=[w], inputs=[x], strategy=strategy)
+    loss, grads = _value_and_grad(prog, {w: -0.5}, np.array([1.0, 4.0]))
+    # |min(-0.5, 1)| = |min(-0.5, 0.25)| = 0.5; d/dw = sign(w) = -1 on both samples
+    assert loss == pytest.approx(0.5)
+    assert float(grads["w"]) == pytest.approx(-1.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Abs of an expression holding a scalar gc.sigmoid (matched into its own node "
+    "since 286c4ef, so SymPy no longer sees it is positive) is refused: 'function re'",
+)
+def test_abs_with_scalar_sigmoid_inside():
+    w, x = sp.symbols("w x")
+    expr = sp.Abs(w + sp.Min(x, x / (gc.sigmoid(x) + sp.Rational(1, 10))))
+    prog = gc.compile(expr, params=[w], inputs=[x])
+    loss, grads = _value_and_grad(prog, {w: 2.0}, np.array([1.0]))
+    s = 1.0 / (1.0 + math.exp(-1.0))
+    assert loss == pytest.approx(abs(2.0 + min(1.0, 1.0 / (s + 0.1))))
+    assert float(grads["w"]) == pytest.approx(1.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="complex data is cast to float with only a ComplexWarning: the imaginary part is "
+    "dropped and the loss computed from the real part (complex parameters are refused)",
+)
+def test_complex_data_is_refused():
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+    params = prog.init({w: 1.0})
+    with pytest.raises(gc.GradcError, match="x"):
+        # observed: (1.25, {'w': 3.5}), the loss of x = [1, 3]
+        prog.value_and_grad(params, np.array([1 + 2j, 3.0]), np.array([0.0, 1.0]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="predict returns an overflowed output (inf) silently, while loss/value_and_grad "
+    "on the same data raise GradcError (since 286c4ef)",
+)
+def test_predict_overflow_is_reported():
+    x, y, W = (sp.MatrixSymbol(s, 1, 1) for s in ("x", "y", "W"))
+    z = sp.Symbol("z")
+    square = gc.elementwise(sp.Lambda(z, z**2), name="square")
+    out = square(W * x)
+    prog = gc.compile(gc.mse(out, y), params=[W], inputs=[x], targets=[y], output=out)
+    params = prog.init({W: np.array([[1.0]])})
+    X = np.array([[1e300]])
+    with pytest.raises(gc.GradcError):
+        prog.loss(params, X, np.array([[0.0]]))
+    with pytest.raises(gc.GradcError):
+        prog.predict(params, X)  # observed: array([[inf]])
+
+
+@pytest.mark.skipif(
+    os.environ.get("GRADC_FUZZ", "") != "long",
+    reason="compiling ~250 scalar parameters takes minutes; runs under GRADC_FUZZ=long",
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="fit with ~120-200+ scalar parameters: Numba's SSA pass overflows Python's "
+    "recursion limit on the fused train kernel (RecursionError, not GradcError); "
+    "value_and_grad on the same program works",
+)
+def test_fit_with_many_scalar_parameters():
+    ps = sp.symbols("p0:250")
+    x, y = sp.symbols("x y")
+    objective = sum(((k + 1) * (p * x - y) ** 2 for k, p in enumerate(ps)), sp.Integer(0))
+    prog = gc.compile(objective, params=list(ps), inputs=[x], targets=[y])
+    params = prog.init({})
+    try:
+        prog.fit(params, np.ones(3), np.zeros(3), steps=1)  # observed: RecursionError
+    except gc.GradcError:
+        pass  # a clear refusal would be acceptable too

@@ -44,6 +44,13 @@ __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 BLAS_MIN_MACS = 256
 BLAS_MIN_TOTAL = 32768
 BLAS_MIN_CONTRACT = 16  # batch size from which Σₙ δₙ·xₙᵀ goes to BLAS
+# Loop dot products over at least DOT_SPLIT_MIN terms keep DOT_LANES partial sums.
+DOT_SPLIT_MIN = 8
+DOT_LANES = 4
+NORM_SPLIT_MIN = 256  # entries from which a squared norm keeps DOT_LANES partial sums
+# From this many entries a weight's batch-of-one step forms and applies its
+# gradient in one sweep (smaller ones stay in cache: a second pass is free).
+FUSED_MIN_ENTRIES = 1024
 
 
 @dataclass
@@ -374,17 +381,45 @@ class CpuPrinter:
             out("for i in range(n):")
             out.depth += 1
         r, c, d = self._loops(out, (R, C))
-        out(f"acc = {zero}")
-        if K == 1:
-            out(f"acc += {self.elem(a, 'i', r, 0)} * {self.elem(b, 'i', 0, c)}")
+        if K < DOT_SPLIT_MIN:
+            out(f"acc = {zero}")
+            if K == 1:
+                out(f"acc += {self.elem(a, 'i', r, 0)} * {self.elem(b, 'i', 0, c)}")
+            else:
+                out(f"for k in range({K}):")
+                with out.indent():
+                    out(f"acc += {self.elem(a, 'i', r, 'k')} * {self.elem(b, 'i', 'k', c)}")
+            out(f"{self.elem(node, 'i', r, c)} = acc")
         else:
-            out(f"for k in range({K}):")
-            with out.indent():
-                out(f"acc += {self.elem(a, 'i', r, 'k')} * {self.elem(b, 'i', 'k', c)}")
-        out(f"{self.elem(node, 'i', r, c)} = acc")
+            self._split_dot(out, node, r, c)
         out.depth -= d
         if node.batched:
             out.depth -= 1
+
+    def _split_dot(self, out: _Lines, node: MatMul, r: str, c: str) -> None:
+        """A dot product over K ≥ DOT_SPLIT_MIN terms with DOT_LANES partial sums.
+
+        One accumulator chains every multiply-add on the previous one (a few
+        cycles each, and LLVM may not reorder floating-point sums); independent
+        partial sums overlap, and the SLP vectoriser packs them into SIMD lanes.
+        """
+        a, b = node.args
+        K = a.shape[1]
+        lanes = DOT_LANES
+        zero = self.scalar._num(0)
+        accs = [f"acc{q}" for q in range(lanes)]
+        out(" = ".join(accs) + f" = {zero}")
+        body = K - K % lanes
+        out(f"for k in range(0, {body}, {lanes}):")
+        with out.indent():
+            for q, acc in enumerate(accs):
+                k = "k" if q == 0 else f"k + {q}"
+                out(f"{acc} += {self.elem(a, 'i', r, k)} * {self.elem(b, 'i', k, c)}")
+        for q in range(K % lanes):  # the remainder, unrolled
+            k = str(body + q)
+            out(f"{accs[q]} += {self.elem(a, 'i', r, k)} * {self.elem(b, 'i', k, c)}")
+        pairs = " + ".join(f"({accs[q]} + {accs[q + 1]})" for q in range(0, lanes, 2))
+        out(f"{self.elem(node, 'i', r, c)} = {pairs}")
 
     def _print_EntrySum(self, out: _Lines, node: EntrySum) -> None:
         out(f"# {comment_text(node.label)}: one independent expression per entry (naive)")
@@ -458,9 +493,10 @@ class CpuPrinter:
         else:
             out(f"loss = {self.elem(loss, 'i', 0, 0)} * 1.0")
 
-    def backward_body(self, out: _Lines) -> None:
+    def backward_body(self, out: _Lines, skip: frozenset[int] = frozenset()) -> None:
         for node in self.deriv.backward:
-            self.statement(out, node)
+            if node.id not in skip:
+                self.statement(out, node)
         zero = self.scalar._num(0)
         for k, gn in enumerate(self.deriv.grads):
             p = self.deriv.graph.params[k]
@@ -475,38 +511,113 @@ class CpuPrinter:
             out(f"g{k}[{r}, {c}] = {value}")
             out.depth -= d
 
-    def update_body(self, out: _Lines, rule: UpdateRule) -> None:
-        """One optimizer step on every entry; ``bad`` counts new values that are not finite."""
+    def update_body(
+        self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]] | None = None
+    ) -> None:
+        """One optimizer step on every parameter; ``bad`` counts new values that are not finite.
+
+        Each parameter is one call of ``step_entries`` (printed once per rule by
+        :meth:`step_kernels`): every parameter array has the same Numba type, so
+        Numba compiles the rule once instead of once per parameter. ``fused``
+        (training kernel only) maps parameters whose gradient is an outer product
+        Σₙ δₙ·xₙᵀ to (δ, xᵀ): for a batch of one they go through ``step_outer``,
+        which forms δ₀[r]·x₀[c] inside the update sweep and never stores it.
+        """
         params = self.deriv.graph.params
         form = UpdateForm.of(rule)
-        theta, states, hypers, targets = form.theta, form.states, form.hypers, form.targets
-        hoisted_exprs, temps, reduced = form.hoisted, form.temps, form.values
-        for j, h in enumerate(hypers):
+        for j, h in enumerate(form.hypers):
             out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
-        for e, h in hoisted_exprs.items():
+        for e, h in form.hoisted.items():
             out(f"{h} = {self.scalar.doprint_expr(e)}")
-        out("bad = 0  # counts non-finite new values (an integer sum still vectorises)")
+        knobs = ", ".join(["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())])
+        out("bad = 0  # new values that are not finite")
+        fused = fused or {}
         for k, p in enumerate(params):
-            out(f"# update {comment_text(p.label)}")
-            with self.scope(out) as body:
-                r, c, _ = self._loops(body, p.shape)
-                body(f"th = p{k}[{r}, {c}]")
-                body(f"gr = g{k}[{r}, {c}] * scale")
-                for j in range(len(states)):
-                    body(f"st{j} = s{k}_{j}[{r}, {c}]")
-                for t_sym, e in temps:
-                    body(f"{t_sym} = {self.scalar.doprint_expr(e)}")
-                for tgt, e in zip(targets, reduced):
-                    body(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
-                for tgt in targets:
-                    if tgt == theta:
-                        body(f"p{k}[{r}, {c}] = new_{tgt}")
-                        body(
-                            f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN"
-                        )
-                        body("bad += z != z")
-                    else:
-                        body(f"s{k}_{states.index(tgt)}[{r}, {c}] = new_{tgt}")
+            states = "".join(f", s{k}_{j}" for j in range(len(form.states)))
+            label = comment_text(p.label)
+            if k in fused:
+                a, b = fused[k]
+                out(f"if n == 1:  # {label}: gradient δ₀[r]·x₀[c], formed in the update sweep")
+                with out.indent():
+                    out(f"bad += step_outer(p{k}, {self._row(a)}, {self._row(b)}{states}, {knobs})")
+                out("else:")
+                with out.indent():
+                    out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})  # {label}")
+            else:
+                out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})  # {label}")
+
+    def _row(self, node: Node) -> str:
+        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``)."""
+        while isinstance(node, Transpose):
+            node = node.args[0]
+        return f"{self.name(node)}[0]"
+
+    def step_kernels(self, rule: UpdateRule, outer: bool) -> str:
+        """``step_entries`` (and ``step_outer`` when ``outer``): the rule on every
+        entry of one parameter, given its gradient array or the two factors of a
+        batch-of-one outer product; both return how many new values are not finite."""
+        form = UpdateForm.of(rule)
+        states = [f"s{j}" for j in range(len(form.states))]
+        knobs = ["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())]
+        parts = []
+        for name, grad_args, doc in (
+            ("step_entries", ["g"], "the gradient in ``g``"),
+            ("step_outer", ["a", "b"], "the gradient a[r]·b[c] (a batch of one)"),
+        ):
+            if name == "step_outer" and not outer:
+                continue
+            out = _Lines()
+            out(_DECORATOR)
+            out(f"def {name}({', '.join(['p', *grad_args, *states, *knobs])}):")
+            with out.indent():
+                out(f'"""The optimizer rule on every entry of ``p``, {doc}."""')
+                out("bad = 0")
+                out("for r in range(p.shape[0]):")
+                with out.indent():
+                    if name == "step_outer":
+                        out("av = a[r] * scale")
+                    out("for c in range(p.shape[1]):")
+                    with out.indent():
+                        grad = "av * b[c]" if name == "step_outer" else "g[r, c] * scale"
+                        self._update_entry(out, form, r="r", c="c", grad=grad)
+                out("return bad")
+            parts.append(out.text())
+        return "\n\n".join(parts)
+
+    def _update_entry(self, body: _Lines, form: UpdateForm, r: str, c: str, grad: str) -> None:
+        """The optimizer rule on entry (r, c) of ``p``, whose gradient is ``grad``."""
+        theta, states = form.theta, form.states
+        body(f"th = p[{r}, {c}]")
+        body(f"gr = {grad}")
+        for j in range(len(states)):
+            body(f"st{j} = s{j}[{r}, {c}]")
+        for t_sym, e in form.temps:
+            body(f"{t_sym} = {self.scalar.doprint_expr(e)}")
+        for tgt, e in zip(form.targets, form.values):
+            body(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+        for tgt in form.targets:
+            if tgt == theta:
+                body(f"p[{r}, {c}] = new_{tgt}")
+                body(f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN")
+                body("bad += z != z")
+            else:
+                body(f"s{states.index(tgt)}[{r}, {c}] = new_{tgt}")
+
+    def fused_gradients(self) -> dict[int, tuple[Node, Node]]:
+        """Parameters (of at least FUSED_MIN_ENTRIES entries) whose gradient is an outer
+        product summed over the batch, Σₙ δₙ·xₙᵀ, printed into their own buffer: the
+        training kernel updates them in one sweep at batch size 1 (see update_body)."""
+        fused = {}
+        for k, (p, gn) in enumerate(zip(self.deriv.graph.params, self.deriv.grads)):
+            if (
+                isinstance(gn, MatMul)
+                and gn.contract
+                and p.size >= FUSED_MIN_ENTRIES
+                and self.names.get(gn.id) == f"g{k}"
+                and all(_batched_vector(arg) for arg in gn.args)
+            ):
+                fused[k] = tuple(gn.args)
+        return fused
 
     # -- kernels ------------------------------------------------------------------
     def forward_kernel(self) -> tuple[str, list[str]]:
@@ -604,20 +715,25 @@ class CpuPrinter:
                 out("if not math.isfinite(loss):")
                 with out.indent():
                     out("return 1, step")
+                fused = self.fused_gradients()
+                grads = self.deriv.grads
                 out("# ---- backward")
-                self.backward_body(out)
+                self.backward_body(out, skip=frozenset(grads[k].id for k in fused))
                 out("# ---- gradient norms (History, clip_norm, divergence check)")
                 out("total = 0.0")
-                for k, p in enumerate(g.params):
-                    with self.scope(out) as inner:
-                        inner("sq = 0.0")
-                        r, c, d = self._loops(inner, p.shape)
-                        inner(f"sq += g{k}[{r}, {c}] * g{k}[{r}, {c}]")
-                        inner.depth -= d
-                        inner(
-                            f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside"
-                        )
-                        inner("total += sq")
+                if fused:
+                    out("if n == 1:  # ‖δ₀·x₀ᵀ‖² = ‖δ₀‖²·‖x₀‖²: no gradient buffer to read")
+                    with out.indent():
+                        for k, (a, b) in fused.items():
+                            self._outer_norm(out, k, a, b)
+                    out("else:")
+                    with out.indent():
+                        for k in fused:
+                            self.statement(out, grads[k])
+                            self._buffer_norm(out, k)
+                for k in range(len(g.params)):
+                    if k not in fused:
+                        self._buffer_norm(out, k)
                 out("if not math.isfinite(total):")
                 with out.indent():
                     out("return 2, step")
@@ -627,12 +743,66 @@ class CpuPrinter:
                     out("scale = F(clip / math.sqrt(total))")
                 out("t = F(opt_step + step - start + 1)")
                 out("# ---- update")
-                self.update_body(out, rule)
+                self.update_body(out, rule, fused)
                 out("if bad:")
                 with out.indent():
                     out("return 3, step")
             out("return 0, stop")
         return out.text(), args
+
+    def _buffer_norm(self, out: _Lines, k: int) -> None:
+        with self.scope(out) as inner:
+            self._sum_of_squares(inner, f"g{k}", self.deriv.graph.params[k].shape)
+            inner(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
+            inner("total += sq")
+
+    def _outer_norm(self, out: _Lines, k: int, a: Node, b: Node) -> None:
+        with self.scope(out) as inner:
+            for acc, node, (rows, cols) in (("sq0", a, (a.shape[0], 1)), ("sq1", b, (1, b.shape[1]))):
+                inner(f"{acc} = 0.0")
+                r, c, d = self._loops(inner, (rows, cols))
+                e = self.elem(node, "0", r, c)
+                inner(f"{acc} += {e} * {e}")
+                inner.depth -= d
+            inner(f"gnorms[step - start, {k}] = sq0 * sq1  # squared: the root is taken outside")
+            inner("total += sq0 * sq1")
+
+    def _sum_of_squares(self, out: _Lines, name: str, shape: tuple[int, int]) -> None:
+        """``sq`` = Σ name[r, c]², with DOT_LANES partial sums along the contiguous axis
+        when it is long enough (one running sum is latency-bound: ~4 cycles an entry)."""
+        rows, cols = shape
+        long_axis = cols if cols > 1 else rows
+        if long_axis < DOT_SPLIT_MIN or rows * cols < NORM_SPLIT_MIN:
+            out("sq = 0.0")
+            r, c, d = self._loops(out, shape)
+            out(f"sq += {name}[{r}, {c}] * {name}[{r}, {c}]")
+            out.depth -= d
+            return
+        lanes = DOT_LANES
+        sqs = [f"sq{q}" for q in range(lanes)]
+        out(" = ".join(sqs) + " = 0.0")
+        body = long_axis - long_axis % lanes
+
+        def at(k: str) -> str:
+            return f"{name}[r, {k}]" if cols > 1 else f"{name}[{k}, 0]"
+
+        depth = 0
+        if cols > 1 and rows > 1:
+            out(f"for r in range({rows}):")
+            out.depth += 1
+            depth = 1
+        elif cols > 1:
+            at = lambda k: f"{name}[0, {k}]"  # noqa: E731
+        out(f"for k in range(0, {body}, {lanes}):")
+        with out.indent():
+            for q, sq in enumerate(sqs):
+                e = at("k" if q == 0 else f"k + {q}")
+                out(f"{sq} += {e} * {e}")
+        for q in range(long_axis % lanes):
+            e = at(str(body + q))
+            out(f"{sqs[q]} += {e} * {e}")
+        out.depth -= depth
+        out("sq = " + " + ".join(f"({sqs[q]} + {sqs[q + 1]})" for q in range(0, lanes, 2)))
 
     def _header(self, what: str, imports: list[str]) -> _Lines:
         header = _Lines()
@@ -690,6 +860,7 @@ class CpuPrinter:
     def optimizer(self, rule: UpdateRule) -> OptimizerKernels:
         upd, upd_args = self.update_kernel(rule)
         trn, trn_args = self.train_kernel(rule)
+        steps = self.step_kernels(rule, outer=bool(self.fused_gradients()))
         header = self._header(
             "optimizer update and fused training epoch",
             ["from gradc.kernels.runtime import shuffle_rows"],
@@ -698,8 +869,8 @@ class CpuPrinter:
             header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
         header("")
         parts = {"update": upd, "train": trn}
-        text = header.text() + "\n" + "\n\n".join(parts.values())
-        return OptimizerKernels(text, parts, upd_args, trn_args)
+        text = header.text() + "\n" + steps + "\n\n\n" + "\n\n".join(parts.values())
+        return OptimizerKernels(text, {"step": steps, **parts}, upd_args, trn_args)
 
     def elem_storage(self, node: Node) -> str:
         if isinstance(node, Leaf) and node.role == "seed":
@@ -708,7 +879,14 @@ class CpuPrinter:
 
 
 # names of statement-local variables in generated code (renamed per statement)
-_LOCAL = re.compile(r"\b(?:i|r|c|k|j|z|acc|av|big|sq|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b")
+_LOCAL = re.compile(r"\b(?:i|r|c|k|j|z|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b")
+
+
+def _batched_vector(node: Node) -> bool:
+    """A per-sample column or row in a buffer (or data slice) whose row 0 is sample 0."""
+    while isinstance(node, Transpose):
+        node = node.args[0]
+    return node.batched and 1 in node.shape
 
 
 def _transposed(operand: str) -> str:

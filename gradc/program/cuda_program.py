@@ -370,7 +370,7 @@ class CudaProgram(Program):
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
             history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
-            history.weights = self._weight_names()
+            history.weights = list(self._weight_names)
         self._copy_back(dev_p, dev_s, p, states)
         self._write_back(p, params)
         return history

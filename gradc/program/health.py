@@ -21,35 +21,47 @@ class GradientHealthWarning(UserWarning):
     """Gradients that vanish or explode across layers or steps."""
 
 
+def _middle(values: np.ndarray) -> float:
+    """The median (upper middle for an even count): one partition, no copies of
+    the norm history beyond the one ``partition`` makes."""
+    mid = values.size // 2
+    return float(np.partition(values, mid)[mid])
+
+
 def layer_norms(grad_norms: dict[str, np.ndarray], weights: list[str]) -> dict[str, float]:
     """Median gradient norm of each weight parameter, in layer order."""
     if not weights or not grad_norms[weights[0]].size:
         return {}
-    medians = np.median(np.stack([grad_norms[w] for w in weights], axis=1), axis=0)
-    return dict(zip(weights, map(float, medians)))
+    return {w: _middle(grad_norms[w]) for w in weights}
 
 
 def diagnose(grad_norms: dict[str, np.ndarray], weights: list[str]) -> list[str]:
-    """Plain-language findings (empty when the gradients look healthy)."""
+    """Plain-language findings (empty when the gradients look healthy).
+
+    Cheap on purpose (a handful of NumPy calls): ``fit`` runs it after every
+    call, and a fit of a few thousand tiny steps takes well under a millisecond.
+    """
     found = []
-    norms = layer_norms(grad_norms, weights)
-    if len(norms) >= 2:
+    if len(weights) >= 2 and grad_norms[weights[0]].size:
         first, last = weights[0], weights[-1]
-        if first in norms and last in norms and norms[last] > 0:
-            ratio = norms[first] / norms[last]
-            if ratio < VANISHING_RATIO:
-                found.append(
-                    f"vanishing gradients: the first layer's weights ({first}) get gradients "
-                    f"{1 / max(ratio, 1e-300):.0e} times smaller than the last layer's ({last}), "
-                    "so early layers barely learn. Each layer multiplies the gradient by "
-                    "derivatives below 1 (a sigmoid's is at most 0.25). Remedies: ReLU "
-                    "activations, He initialisation, batch normalisation, residual connections."
-                )
+        top, bottom = _middle(grad_norms[first]), _middle(grad_norms[last])
+        if bottom > 0 and top / bottom < VANISHING_RATIO:
+            ratio = top / bottom
+            found.append(
+                f"vanishing gradients: the first layer's weights ({first}) get gradients "
+                f"{1 / max(ratio, 1e-300):.0e} times smaller than the last layer's ({last}), "
+                "so early layers barely learn. Each layer multiplies the gradient by "
+                "derivatives below 1 (a sigmoid's is at most 0.25). Remedies: ReLU "
+                "activations, He initialisation, batch normalisation, residual connections."
+            )
     steps = len(next(iter(grad_norms.values()), ()))
     if steps >= 4:
-        totals = np.sqrt((np.stack(list(grad_norms.values()), axis=1) ** 2).sum(axis=1))
-        k = max(1, totals.size // 10)
-        early, late = np.median(totals[:k]), np.median(totals[-k:])
+        k = max(1, steps // 10)
+        norms = list(grad_norms.values())
+        head = np.stack([g[:k] for g in norms])
+        tail = np.stack([g[-k:] for g in norms])
+        early = _middle(np.sqrt(np.einsum("ij,ij->j", head, head)))
+        late = _middle(np.sqrt(np.einsum("ij,ij->j", tail, tail)))
         if early > 0 and late / early > EXPLODING_GROWTH:
             found.append(
                 f"exploding gradients: the gradient norm grew from {early:.3g} to {late:.3g} "

@@ -6,6 +6,7 @@ public method converts data layout, calls a kernel and returns the result.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -394,12 +395,13 @@ class Program:
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
             history.samples = samples
-            history.weights = self._weight_names()
+            history.weights = list(self._weight_names)
         self._write_back(p, params)
         if warn_health:
             warn_if_unhealthy(history.grad_norms, history.weights)
         return history
 
+    @functools.cached_property
     def _weight_names(self) -> list[str]:
         """Parameters multiplied in a matrix product (layer weights), in parameter order."""
         from ..graph.nodes import MatMul, Transpose

@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
-import sys  # noqa: E402
+import sys
 
 # Make ``import reference`` work whatever pytest's import mode is.
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -149,13 +149,13 @@ def mlp_value_and_grad(layers, X, Y, loss="mse"):
     value = float(loss_per_sample(loss, A[-1], Yc).mean())
     grads = [None] * len(layers)
     g_a = loss_grad_output(loss, A[-1], Yc) / n  # dJ/da^L, mean over batch
-    for l in range(len(layers) - 1, -1, -1):
-        W, _b, act = layers[l]
+    for k in range(len(layers) - 1, -1, -1):
+        W, _b, act = layers[k]
         _, fp = activation(act)
-        delta = g_a * fp(Zs[l])
-        dW = delta @ A[l].T
+        delta = g_a * fp(Zs[k])
+        dW = delta @ A[k].T
         db = delta.sum(axis=1, keepdims=True)
-        grads[l] = (dW, db)
+        grads[k] = (dW, db)
         g_a = np.asarray(W, np.float64).T @ delta
     return value, grads
 
@@ -237,8 +237,10 @@ class RefSGD:
         self.lr = lr
 
     def step(self, params, grads):
-        return {k: np.asarray(params[k], np.float64) - self.lr * np.asarray(grads[k], np.float64)
-                for k in params}
+        return {
+            k: np.asarray(params[k], np.float64) - self.lr * np.asarray(grads[k], np.float64)
+            for k in params
+        }
 
 
 class RefMomentum:
@@ -275,8 +277,8 @@ class RefAdam:
             self.m = {k: np.zeros(np.shape(params[k])) for k in params}
             self.v = {k: np.zeros(np.shape(params[k])) for k in params}
         self.t += 1
-        bc1 = 1.0 - self.b1 ** self.t
-        bc2 = 1.0 - self.b2 ** self.t
+        bc1 = 1.0 - self.b1**self.t
+        bc2 = 1.0 - self.b2**self.t
         out = {}
         for k in params:
             g = np.asarray(grads[k], np.float64)
@@ -306,7 +308,10 @@ def assert_dicts_close(got, want, rtol, atol=0.0, what=""):
         w = np.asarray(w)
         assert g.shape == w.shape, f"{what}: {k!r} shape {g.shape} != {w.shape}"
         np.testing.assert_allclose(
-            g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol,
+            g.astype(np.float64),
+            w.astype(np.float64),
+            rtol=rtol,
+            atol=atol,
             err_msg=f"{what}: {k!r}",
         )
 

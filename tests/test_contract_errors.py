@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import sympy as sp
+from reference import assert_dicts_close, copy_params, mlp_grad_dict
 
 import gradc as gc
-from reference import assert_dicts_close, copy_params, mlp_grad_dict
 
 
 def _msg(excinfo):
@@ -46,8 +46,7 @@ def test_free_matrix_symbol_not_declared():
     Wm = sp.MatrixSymbol("Wm", 2, 3)
     cfree = sp.MatrixSymbol("cfree", 2, 1)
     with pytest.raises(gc.GradcError) as ei:
-        gc.compile(gc.mse(gc.sigmoid(Wm * xm + cfree), ym), params=[Wm], inputs=[xm],
-                   targets=[ym])
+        gc.compile(gc.mse(gc.sigmoid(Wm * xm + cfree), ym), params=[Wm], inputs=[xm], targets=[ym])
     assert "cfree" in _msg(ei)
 
 
@@ -91,8 +90,7 @@ bq1 = sp.MatrixSymbol("bq1", 2, 1)
 @pytest.fixture(scope="module")
 def progq():
     out = gc.sigmoid(Wq1 * xq + bq1)
-    return gc.compile(gc.mse(out, yq), params=[Wq1, bq1], inputs=[xq], targets=[yq],
-                      output=out)
+    return gc.compile(gc.mse(out, yq), params=[Wq1, bq1], inputs=[xq], targets=[yq], output=out)
 
 
 @pytest.fixture()
@@ -117,7 +115,7 @@ CALLS = {
 
 @pytest.mark.parametrize("call", list(CALLS))
 def test_wrong_X_shape_names_input(progq, qparams, qdata, call):
-    X, Y = qdata
+    _X, Y = qdata
     before = copy_params(qparams)
     with pytest.raises(gc.GradcError) as ei:
         CALLS[call](progq, qparams, np.ones((5, 4)), Y)
@@ -127,7 +125,7 @@ def test_wrong_X_shape_names_input(progq, qparams, qdata, call):
 
 @pytest.mark.parametrize("call", list(CALLS))
 def test_wrong_Y_shape_names_target(progq, qparams, qdata, call):
-    X, Y = qdata
+    X, _Y = qdata
     before = copy_params(qparams)
     with pytest.raises(gc.GradcError) as ei:
         CALLS[call](progq, qparams, X, np.ones((5, 3)))
@@ -293,16 +291,22 @@ def test_hostile_matrix_names():
     Wh2 = sp.MatrixSymbol("__import__('os')", 1, 3)
     bh2 = sp.MatrixSymbol("_t0", 1, 1)
     out = Wh2 * gc.tanh(Wh1 * xh + bh1) + bh2
-    prog = gc.compile(gc.mse(out, yh), params=[Wh1, bh1, Wh2, bh2], inputs=[xh],
-                      targets=[yh], output=out)
+    prog = gc.compile(
+        gc.mse(out, yh), params=[Wh1, bh1, Wh2, bh2], inputs=[xh], targets=[yh], output=out
+    )
     rng = np.random.default_rng(17)
-    vals = {"W-1": rng.standard_normal((3, 2)), "lambda": rng.standard_normal((3, 1)),
-            "__import__('os')": rng.standard_normal((1, 3)), "_t0": rng.standard_normal((1, 1))}
+    vals = {
+        "W-1": rng.standard_normal((3, 2)),
+        "lambda": rng.standard_normal((3, 1)),
+        "__import__('os')": rng.standard_normal((1, 3)),
+        "_t0": rng.standard_normal((1, 1)),
+    }
     params = prog.init(vals)
     X, Y = rng.standard_normal((4, 2)), rng.standard_normal((4, 1))
     loss, grads = prog.value_and_grad(params, X, Y)
-    ref_loss, ref_grads = mlp_grad_dict(params, [("W-1", "lambda"), ("__import__('os')", "_t0")],
-                                        ["tanh", "identity"], X, Y, "mse")
+    ref_loss, ref_grads = mlp_grad_dict(
+        params, [("W-1", "lambda"), ("__import__('os')", "_t0")], ["tanh", "identity"], X, Y, "mse"
+    )
     assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
     assert_dicts_close(grads, ref_grads, rtol=1e-10, atol=1e-14, what="hostile matrix names")
 
@@ -337,13 +341,23 @@ def test_cuda_network_works_or_gradc_error():
     bc2 = sp.MatrixSymbol("bc2", 1, 1)
     out = gc.sigmoid(Wc2 * gc.sigmoid(Wc1 * xc + bc1) + bc2)
     rng = np.random.default_rng(3)
-    vals = {"Wc1": rng.standard_normal((2, 2)), "bc1": rng.standard_normal((2, 1)),
-            "Wc2": rng.standard_normal((1, 2)), "bc2": rng.standard_normal((1, 1))}
+    vals = {
+        "Wc1": rng.standard_normal((2, 2)),
+        "bc1": rng.standard_normal((2, 1)),
+        "Wc2": rng.standard_normal((1, 2)),
+        "bc2": rng.standard_normal((1, 1)),
+    }
     X, Y = rng.standard_normal((3, 2)), rng.uniform(size=(3, 1))
     names = [("Wc1", "bc1"), ("Wc2", "bc2")]
     try:
-        prog = gc.compile(gc.mse(out, yc), params=[Wc1, bc1, Wc2, bc2], inputs=[xc],
-                          targets=[yc], output=out, target="cuda")
+        prog = gc.compile(
+            gc.mse(out, yc),
+            params=[Wc1, bc1, Wc2, bc2],
+            inputs=[xc],
+            targets=[yc],
+            output=out,
+            target="cuda",
+        )
         params = prog.init(vals)
         loss, grads = prog.value_and_grad(params, X, Y)
         yhat = prog.predict(params, X)

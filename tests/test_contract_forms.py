@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import sympy as sp
+from reference import finite_diff
 
 import gradc as gc
-from reference import finite_diff
 
 # ======================================================================
 # form (a): the bowl J = w1^2 + w2^2 + 2 w2 + 5
@@ -179,8 +179,9 @@ def linreg():
 
 @pytest.fixture(scope="module")
 def linreg_out():
-    return gc.compile(gc.mse(w * x + b, y), params=[w, b], inputs=[x], targets=[y],
-                      output=w * x + b)
+    return gc.compile(
+        gc.mse(w * x + b, y), params=[w, b], inputs=[x], targets=[y], output=w * x + b
+    )
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +254,14 @@ def test_linreg_full_batch_steps_by_hand(linreg, linreg_data):
     """Three full-batch SGD steps, each checked against the hand gradient."""
     X, Y = linreg_data
     params = linreg.init({w: 0.25, b: 0.75})
-    hist = linreg.fit(params, X.reshape(-1, 1), Y.reshape(-1, 1),
-                      optimizer=gc.SGD(lr=0.3), epochs=3, shuffle=False)
+    hist = linreg.fit(
+        params,
+        X.reshape(-1, 1),
+        Y.reshape(-1, 1),
+        optimizer=gc.SGD(lr=0.3),
+        epochs=3,
+        shuffle=False,
+    )
     wv, bv = 0.25, 0.75
     losses = []
     for _ in range(3):
@@ -284,8 +291,9 @@ x1, x2, wa, wb, c0, t = sp.symbols("x1 x2 wa wb c0 t")
 
 @pytest.fixture(scope="module")
 def two_inputs():
-    return gc.compile(gc.mse(wa * x1 + wb * x2 + c0, t), params=[wa, wb, c0],
-                      inputs=[x1, x2], targets=[t])
+    return gc.compile(
+        gc.mse(wa * x1 + wb * x2 + c0, t), params=[wa, wb, c0], inputs=[x1, x2], targets=[t]
+    )
 
 
 def test_several_inputs_tuple(two_inputs):
@@ -302,7 +310,8 @@ def test_several_inputs_tuple(two_inputs):
     assert float(grads["c0"]) == pytest.approx(np.mean(r), rel=1e-12)
     # the same with column-shaped arrays
     loss2, grads2 = two_inputs.value_and_grad(
-        params, (X1.reshape(-1, 1), X2.reshape(-1, 1)), T.reshape(-1, 1))
+        params, (X1.reshape(-1, 1), X2.reshape(-1, 1)), T.reshape(-1, 1)
+    )
     assert float(loss2) == pytest.approx(0.5 * np.mean(r * r), rel=1e-12)
     assert float(grads2["wb"]) == pytest.approx(np.mean(r * X2), rel=1e-12)
 
@@ -314,8 +323,7 @@ def test_logistic_regression_bce():
     wl, bl, xl, yl = sp.symbols("wl bl xl yl")
     p = gc.sigmoid(wl * xl + bl)
     assert isinstance(p, sp.Expr) and not isinstance(p, sp.MatrixExpr)
-    prog = gc.compile(gc.binary_cross_entropy(p, yl), params=[wl, bl],
-                      inputs=[xl], targets=[yl])
+    prog = gc.compile(gc.binary_cross_entropy(p, yl), params=[wl, bl], inputs=[xl], targets=[yl])
     rng = np.random.default_rng(3)
     n = 11
     X = rng.standard_normal(n)

@@ -9,18 +9,18 @@ import math
 import numpy as np
 import pytest
 import sympy as sp
-
-import gradc as gc
 from reference import (
     assert_dicts_close,
     copy_params,
     finite_diff,
+    layers_from_params,
     max_rel_err,
     mlp_grad_dict,
     mlp_loss_dict,
     mlp_predict,
-    layers_from_params,
 )
+
+import gradc as gc
 
 # ======================================================================
 # the 3-4-2 sigmoid network, form (c)
@@ -43,8 +43,9 @@ def _yhat():
 @pytest.fixture(scope="module")
 def prog_c():
     yhat = _yhat()
-    return gc.compile(gc.mse(yhat, y), params=[W1, b1, W2, b2],
-                      inputs=[x], targets=[y], output=yhat)
+    return gc.compile(
+        gc.mse(yhat, y), params=[W1, b1, W2, b2], inputs=[x], targets=[y], output=yhat
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +170,23 @@ def test_form_c_naive_strategy_same_gradients():
     Wn2 = sp.MatrixSymbol("Wn2", 1, 2)
     bn2 = sp.MatrixSymbol("bn2", 1, 1)
     out = gc.sigmoid(Wn2 * gc.tanh(Wn1 * xn + bn1) + bn2)
-    prog = gc.compile(gc.mse(out, yn), params=[Wn1, bn1, Wn2, bn2], inputs=[xn],
-                      targets=[yn], output=out, strategy="naive")
+    prog = gc.compile(
+        gc.mse(out, yn),
+        params=[Wn1, bn1, Wn2, bn2],
+        inputs=[xn],
+        targets=[yn],
+        output=out,
+        strategy="naive",
+    )
     rng = np.random.default_rng(77)
-    params = prog.init({"Wn1": rng.normal(0, 0.8, (2, 2)), "bn1": rng.normal(0, 0.5, (2, 1)),
-                        "Wn2": rng.normal(0, 0.8, (1, 2)), "bn2": rng.normal(0, 0.5, (1, 1))})
+    params = prog.init(
+        {
+            "Wn1": rng.normal(0, 0.8, (2, 2)),
+            "bn1": rng.normal(0, 0.5, (2, 1)),
+            "Wn2": rng.normal(0, 0.8, (1, 2)),
+            "bn2": rng.normal(0, 0.5, (1, 1)),
+        }
+    )
     X, Y = rng.standard_normal((4, 2)), rng.uniform(size=(4, 1))
     names, acts = [("Wn1", "bn1"), ("Wn2", "bn2")], ["tanh", "sigmoid"]
     loss, grads = prog.value_and_grad(params, X, Y)
@@ -183,6 +196,7 @@ def test_form_c_naive_strategy_same_gradients():
 
 
 # ---------------------------------------------------------------- fit
+
 
 def test_minibatch_fit_deterministic_and_decreasing(prog_c, data_342):
     X, Y = data_342
@@ -272,7 +286,8 @@ def test_form_d_value_and_grad(prog_d, net_d, data_342):
     yhat = prog_d.predict(params, X)
     assert yhat.shape == (5, 2)
     np.testing.assert_allclose(
-        yhat, mlp_predict(layers_from_params(params, names, ACTS_342), X), rtol=1e-13)
+        yhat, mlp_predict(layers_from_params(params, names, ACTS_342), X), rtol=1e-13
+    )
 
 
 # ======================================================================
@@ -286,8 +301,9 @@ def swish():
     return gc.elementwise(sp.Lambda(z, z / (1 + sp.exp(-z))))
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "leaky", "softplus",
-                                  "identity", "swish"])
+@pytest.mark.parametrize(
+    "name", ["sigmoid", "tanh", "relu", "leaky", "softplus", "identity", "swish"]
+)
 def test_elementwise_kinds(name):
     f = _gc_act(("leaky_relu", 0.1) if name == "leaky" else name)
     t = sp.Symbol("t")
@@ -377,16 +393,16 @@ def test_custom_loss_with_gc_sum():
     u = sp.Symbol("u")
     sq = gc.elementwise(sp.Lambda(u, u**2))
     out = gc.tanh(Wc * xi + bc)
-    prog = gc.compile(gc.sum(sq(out - yo)), params=[Wc, bc], inputs=[xi], targets=[yo],
-                      output=out)
+    prog = gc.compile(gc.sum(sq(out - yo)), params=[Wc, bc], inputs=[xi], targets=[yo], output=out)
     rng = np.random.default_rng(8)
     params = prog.init({"Wc": rng.standard_normal((2, 3)), "bc": rng.standard_normal((2, 1))})
     X, Y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
     loss, grads = prog.value_and_grad(params, X, Y)
     ref_loss, ref_grads = mlp_grad_dict(params, [("Wc", "bc")], ["tanh"], X, Y, "mse")
     assert float(loss) == pytest.approx(2 * ref_loss, rel=1e-12)
-    assert_dicts_close(grads, {k: 2 * g for k, g in ref_grads.items()}, rtol=1e-10,
-                       atol=1e-14, what="gc.sum loss")
+    assert_dicts_close(
+        grads, {k: 2 * g for k, g in ref_grads.items()}, rtol=1e-10, atol=1e-14, what="gc.sum loss"
+    )
 
 
 # ======================================================================
@@ -398,8 +414,13 @@ RANDOM_NETS = [
     ([3, 5, 2], ["tanh", "identity"], "softmax_cross_entropy", "float64", True),
     ([4, 6, 3, 2], ["relu", "softplus", "sigmoid"], "mse", "float64", True),
     ([1, 1], ["identity"], "mse", "float64", True),
-    ([2, 3, 4, 3], [("leaky_relu", 0.1), "tanh", "identity"], "softmax_cross_entropy",
-     "float64", False),
+    (
+        [2, 3, 4, 3],
+        [("leaky_relu", 0.1), "tanh", "identity"],
+        "softmax_cross_entropy",
+        "float64",
+        False,
+    ),
     ([6, 1, 5], ["sigmoid", "relu"], "mse", "float64", True),
     ([5, 2, 1], ["sigmoid", "tanh"], "mse", "float32", True),
     ([3, 4, 3], ["softplus", "identity"], "softmax_cross_entropy", "float32", True),
@@ -419,8 +440,9 @@ def test_random_networks(case):
     names = _layer_names(net)
     # the reference runs in float64 on exactly the values gradc holds
     p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    ref_loss, ref_grads = mlp_grad_dict(p64, names, acts, X.astype(np.float64),
-                                        Y.astype(np.float64), loss_name)
+    ref_loss, ref_grads = mlp_grad_dict(
+        p64, names, acts, X.astype(np.float64), Y.astype(np.float64), loss_name
+    )
     loss, grads = prog.value_and_grad(params, X, Y)
     tol = 1e-9 if dtype == "float64" else 1e-4
     assert abs(float(loss) - ref_loss) <= tol * max(1.0, abs(ref_loss))

@@ -9,8 +9,6 @@ import math
 import numpy as np
 import pytest
 import sympy as sp
-
-import gradc as gc
 from reference import (
     RefAdam,
     RefMomentum,
@@ -20,6 +18,8 @@ from reference import (
     global_norm,
     mlp_grad_dict,
 )
+
+import gradc as gc
 
 xs = sp.MatrixSymbol("xs", 2, 1)
 ys = sp.MatrixSymbol("ys", 1, 1)
@@ -38,8 +38,9 @@ def _out():
 @pytest.fixture(scope="module")
 def prog():
     out = _out()
-    return gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys],
-                      output=out)
+    return gc.compile(
+        gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys], output=out
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def _replay(ref_opt, start, X, Y, steps, batch_size=None, clip_norm=None):
         for s in range(0, n, bs):
             if done == steps:
                 break
-            loss, g = mlp_grad_dict(p, NAMES, ACTS, X[s:s + bs], Y[s:s + bs], "mse")
+            loss, g = mlp_grad_dict(p, NAMES, ACTS, X[s : s + bs], Y[s : s + bs], "mse")
             losses.append(loss)
             p = ref_opt.step(p, clip_grads(g, clip_norm))
             done += 1
@@ -83,11 +84,17 @@ CASES = {
     "sgd_positional": (lambda: gc.SGD(0.05), lambda: RefSGD(0.05), 1e-10),
     "momentum": (lambda: gc.Momentum(lr=0.1, beta=0.9), lambda: RefMomentum(0.1, 0.9), 1e-10),
     "momentum_default_beta": (lambda: gc.Momentum(0.2), lambda: RefMomentum(0.2, 0.9), 1e-10),
-    "momentum_beta_half": (lambda: gc.Momentum(0.1, beta=0.5), lambda: RefMomentum(0.1, 0.5),
-                           1e-10),
+    "momentum_beta_half": (
+        lambda: gc.Momentum(0.1, beta=0.5),
+        lambda: RefMomentum(0.1, 0.5),
+        1e-10,
+    ),
     "adam": (lambda: gc.Adam(lr=1e-2), lambda: RefAdam(1e-2), 1e-8),
-    "adam_custom": (lambda: gc.Adam(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6),
-                    lambda: RefAdam(0.05, 0.8, 0.99, 1e-6), 1e-8),
+    "adam_custom": (
+        lambda: gc.Adam(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6),
+        lambda: RefAdam(0.05, 0.8, 0.99, 1e-6),
+        1e-8,
+    ),
 }
 
 
@@ -150,8 +157,15 @@ def test_clip_norm_with_momentum(prog, data):
     X, Y = data
     start = _start(9)
     params = prog.init(start)
-    prog.fit(params, X, Y, optimizer=gc.Momentum(lr=0.1, beta=0.9), epochs=2, shuffle=False,
-             clip_norm=0.01)
+    prog.fit(
+        params,
+        X,
+        Y,
+        optimizer=gc.Momentum(lr=0.1, beta=0.9),
+        epochs=2,
+        shuffle=False,
+        clip_norm=0.01,
+    )
     want, _ = _replay(RefMomentum(0.1, 0.9), start, X, Y, steps=2, clip_norm=0.01)
     assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="clip momentum")
 
@@ -167,8 +181,14 @@ def test_default_optimizer_is_sgd_001(prog, data):
 
 def test_compile_optimizer_is_fit_default(data):
     out = _out()
-    p2 = gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys],
-                    output=out, optimizer=gc.Momentum(lr=0.05, beta=0.8))
+    p2 = gc.compile(
+        gc.mse(out, ys),
+        params=[Wa, ba, Wb, bb],
+        inputs=[xs],
+        targets=[ys],
+        output=out,
+        optimizer=gc.Momentum(lr=0.05, beta=0.8),
+    )
     X, Y = data
     start = _start(11)
     params = p2.init(start)
@@ -238,8 +258,16 @@ def test_batch_of_one_fused_update(data, monkeypatch, name, batch_size, clip_nor
     X, Y = data
     start = _start(10)
     params = prog.init(start)
-    hist = prog.fit(params, X, Y, optimizer=make_gc(), epochs=2, batch_size=batch_size,
-                    shuffle=False, clip_norm=clip_norm)
+    hist = prog.fit(
+        params,
+        X,
+        Y,
+        optimizer=make_gc(),
+        epochs=2,
+        batch_size=batch_size,
+        shuffle=False,
+        clip_norm=clip_norm,
+    )
     steps = 2 * math.ceil(6 / batch_size)
     want, losses = _replay(make_ref(), start, X, Y, steps, batch_size, clip_norm)
     np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=1e-12)

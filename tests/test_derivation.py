@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import sympy as sp
 
 import gradc as gc
 from gradc.derivation.counting import count_derivation

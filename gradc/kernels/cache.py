@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["cache_dir", "load_module"]
+__all__ = ["cache_dir", "load_module", "module_name"]
 
 _loaded: dict[str, ModuleType] = {}
 
@@ -34,10 +34,14 @@ def cache_dir() -> Path:
     return path
 
 
+def module_name(source: str) -> str:
+    """The importable name :func:`load_module` gives ``source``: ``gradc_gen_<sha256[:16]>``."""
+    return f"gradc_gen_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+
+
 def load_module(source: str) -> ModuleType:
     """Import ``source`` as a module named by its hash (reused when already loaded)."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"gradc_gen_{digest}"
+    name = module_name(source)
     mod = _loaded.get(name)
     if mod is not None:
         return mod

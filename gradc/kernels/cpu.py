@@ -32,6 +32,7 @@ from ..derivation.program import Derivation
 from ..errors import GradcError
 from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
+from .cache import module_name
 from .common import Lines as _Lines
 from .common import UpdateForm, comment_text, entry_atoms, map_expression
 from .scalar_printer import ScalarPrinter
@@ -47,7 +48,6 @@ BLAS_MIN_CONTRACT = 16  # batch size from which Σₙ δₙ·xₙᵀ goes to BLA
 # Loop dot products over at least DOT_SPLIT_MIN terms keep DOT_LANES partial sums.
 DOT_SPLIT_MIN = 8
 DOT_LANES = 4
-NORM_SPLIT_MIN = 256  # entries from which a squared norm keeps DOT_LANES partial sums
 # From this many entries a weight's batch-of-one step forms and applies its
 # gradient in one sweep (smaller ones stay in cache: a second pass is free).
 FUSED_MIN_ENTRIES = 1024
@@ -86,20 +86,24 @@ class OptimizerKernels:
     source: dict[str, str]
     update_args: list[str]
     train_args: list[str]
+    step_source: str  # load before module_source: it imports step_entries from it
 
 
 class CpuPrinter:
     """Prints node statements; one ``_print_<Kind>`` method per node kind."""
 
+    EXP = "vexp"  # runtime.vexp: vectorisable, no libm call per element
+
     def __init__(self, deriv: Derivation, dtype: str):
         self.deriv = deriv
         self.float32 = dtype == "float32"
-        self.scalar = ScalarPrinter(float32=self.float32)
+        self.scalar = ScalarPrinter(float32=self.float32, exp=self.EXP)
         self.names: dict[int, str] = {}
         self.consts: list[tuple[str, np.ndarray]] = []
         self.buffers: list[Buffer] = []
         self.comment_names: dict[int, str] = {}
         self._scopes = 0
+        self._group: _Lines | None = None  # the prelude of the sample loop being printed
         self._name_everything()
 
     # -- naming --------------------------------------------------------------
@@ -234,11 +238,93 @@ class CpuPrinter:
         method = getattr(self, f"_print_{type(node).__name__}", None)
         if method is None:
             raise GradcError(f"no CPU kernel form for node kind {type(node).__name__}")
-        with self.scope(out) as inner:
+        with self.scope(out, keep=("i",) if self._group is not None else ()) as inner:
             method(inner, node)
 
+    # -- per-sample groups -----------------------------------------------------
+    def _groupable(self, node: Node) -> bool:
+        """Statements that can share one ``for i in range(n)`` loop with their
+        neighbours: per-sample work with no BLAS branch, and batch sums (zeroed
+        before the loop, accumulated in it). Fewer loops: faster to compile (each
+        costs Numba ~60 ms) and one sample's values stay in registers and L1."""
+        if isinstance(node, (Transpose, Leaf)) or node.id in self.inlined:
+            return True  # prints nothing
+        if isinstance(node, (Map, SumAll, LogSumExp)):
+            return node.batched
+        if isinstance(node, MatMul):
+            a, b = node.args
+            if a.shape[0] * a.shape[1] * b.shape[1] >= BLAS_MIN_MACS:
+                return False  # has a BLAS branch, which takes the whole batch
+            return node.batched or node.contract
+        return isinstance(node, BatchSum)
+
+    def print_nodes(self, out: _Lines, nodes, tail: tuple[Node, str] | None = None) -> bool:
+        """Print ``nodes`` in order, runs of groupable ones in one sample loop.
+
+        ``tail`` = (node, line): ``line`` (per sample) is printed in the loop of the
+        group holding ``node``; returns whether that happened.
+        """
+        run: list[Node] = []
+        reduced: set[int] = set()
+        placed = False
+        for node in nodes:
+            if self._groupable(node) and not any(a.id in reduced for a in node.args):
+                run.append(node)
+                if isinstance(node, BatchSum) or (isinstance(node, MatMul) and node.contract):
+                    reduced.add(node.id)
+                continue
+            placed |= self._print_group(out, run, tail)
+            run, reduced = [], set()
+            if self._groupable(node):  # reads a batch sum of the run just printed
+                run.append(node)
+                continue
+            self.statement(out, node)
+        return self._print_group(out, run, tail) or placed
+
+    def _print_group(self, out: _Lines, run: list[Node], tail) -> bool:
+        if not run:
+            return False
+        self._group = _Lines()  # prelude: statements before the loop (zeroing sums)
+        self._group.depth = out.depth
+        body = _Lines()
+        body.depth = out.depth + 1
+        try:
+            for node in run:
+                self.statement(body, node)
+            placed = tail is not None and any(node.id == tail[0].id for node in run)
+            if placed:
+                body(tail[1])
+        finally:
+            prelude, self._group = self._group, None
+        if not body.lines:
+            return False
+        zeroed = [line.strip()[len("fill_zero(") : -1] for line in prelude.lines]
+        with self.scope(out) as grp:
+            if len(zeroed) > 1:  # one call for all (each call costs ~10 ns at run time)
+                grp(f"fill_zero_each({_tuple(zeroed)})")
+            else:
+                grp.lines.extend(prelude.lines)
+            grp("for i in range(n):  # one sample at a time through the statements below")
+            grp.lines.extend(body.lines)
+        return placed
+
+    def _open_samples(self, out: _Lines, node: Node) -> int:
+        """Open the sample loop of a per-sample statement (unless its group did)."""
+        if node.batched and self._group is None:
+            out("for i in range(n):")
+            out.depth += 1
+            return 1
+        return 0
+
+    def _before_samples(self, out: _Lines, line: str) -> None:
+        """A line that must run once before the sample loop (in a group: its prelude)."""
+        if self._group is not None:
+            self._group(line)
+        else:
+            out(line)
+
     @contextmanager
-    def scope(self, out: _Lines):
+    def scope(self, out: _Lines, keep: tuple[str, ...] = ()):
         """Give the locals of one statement names of their own (``acc`` → ``acc_7``).
 
         Numba's SSA passes slow down sharply when one name is redefined in many
@@ -252,9 +338,13 @@ class CpuPrinter:
             return
         self._scopes += 1
         suffix = f"_{self._scopes}"
+
+        def rename(m: re.Match) -> str:
+            return m.group(0) if m.group(0) in keep else m.group(0) + suffix
+
         for line in inner.lines:
             code, hash_, comment = line.partition("#")
-            out.lines.append(_LOCAL.sub(lambda m: m.group(0) + suffix, code) + hash_ + comment)
+            out.lines.append(_LOCAL.sub(rename, code) + hash_ + comment)
 
     def _describe(self, node: Node) -> str:
         text = node.formula(self.cname)
@@ -268,11 +358,7 @@ class CpuPrinter:
         out(f"# {self._describe(node)}")
         body, reads = map_expression(node, self.inlined)
         temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
-        depth = 0
-        if node.batched:
-            out("for i in range(n):")
-            out.depth += 1
-            depth += 1
+        depth = self._open_samples(out, node)
         r, c, d = self._loops(out, node.shape)
         depth += d
         for sym, arg, scalar in reads:
@@ -285,47 +371,37 @@ class CpuPrinter:
     def _print_SumAll(self, out: _Lines, node: SumAll) -> None:
         out(f"# {self._describe(node)}")
         (a,) = node.args
-        if node.batched:
-            out("for i in range(n):")
-            out.depth += 1
+        opened = self._open_samples(out, node)
         out(f"acc = {self.scalar._num(0)}")
         r, c, d = self._loops(out, a.shape)
         out(f"acc += {self.elem(a, 'i', r, c)}")
         out.depth -= d
         out(f"{self.elem(node, 'i', 0, 0)} = acc")
-        if node.batched:
-            out.depth -= 1
+        out.depth -= opened
 
     def _print_LogSumExp(self, out: _Lines, node: LogSumExp) -> None:
         out(f"# {self._describe(node)}   (max subtracted first: no overflow)")
         (a,) = node.args
-        if node.batched:
-            out("for i in range(n):")
-            out.depth += 1
+        opened = self._open_samples(out, node)
         out(f"big = {self.elem(a, 'i', 0, 0)}")
         r, c, d = self._loops(out, a.shape)
         out(f"big = max(big, {self.elem(a, 'i', r, c)})")
         out.depth -= d
         out(f"acc = {self.scalar._num(0)}")
         r, c, d = self._loops(out, a.shape)
-        out(f"acc += math.exp({self.elem(a, 'i', r, c)} - big)")
+        out(f"acc += {self.EXP}({self.elem(a, 'i', r, c)} - big)")
         out.depth -= d
         out(f"{self.elem(node, 'i', 0, 0)} = big + math.log(acc)")
-        if node.batched:
-            out.depth -= 1
+        out.depth -= opened
 
     def _print_BatchSum(self, out: _Lines, node: BatchSum) -> None:
         out(f"# {self._describe(node)}")
         (a,) = node.args
-        zero = self.scalar._num(0)
+        self._before_samples(out, f"fill_zero({self.name(node)})")
+        opened = self._open_samples(out, a)
         r, c, d = self._loops(out, node.shape)
-        out(f"{self.elem(node, 'i', r, c)} = {zero}")
-        out.depth -= d
-        out("for i in range(n):")
-        with out.indent():
-            r, c, d = self._loops(out, node.shape)
-            out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
-            out.depth -= d
+        out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
+        out.depth -= d + opened
 
     def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
         out(f"# {self._describe(node)}")
@@ -366,20 +442,15 @@ class CpuPrinter:
         zero = self.scalar._num(0)
         if node.contract:
             # outer products summed over the batch; the inner loop runs along a row
-            r, c, d = self._loops(out, (R, C))
-            out(f"{self.elem(node, 'i', r, c)} = {zero}")
-            out.depth -= d
-            out("for i in range(n):")
-            with out.indent():
-                r, _, d1 = self._loops(out, (R, 1))
-                out(f"av = {self.elem(a, 'i', r, 0)}")
-                _, c, d2 = self._loops(out, (1, C))
-                out(f"{self.elem(node, 'i', r, c)} += av * {self.elem(b, 'i', 0, c)}")
-                out.depth -= d1 + d2
+            self._before_samples(out, f"fill_zero({self.name(node)})")
+            opened = self._open_samples(out, a)
+            r, _, d1 = self._loops(out, (R, 1))
+            out(f"av = {self.elem(a, 'i', r, 0)}")
+            _, c, d2 = self._loops(out, (1, C))
+            out(f"{self.elem(node, 'i', r, c)} += av * {self.elem(b, 'i', 0, c)}")
+            out.depth -= d1 + d2 + opened
             return
-        if node.batched:
-            out("for i in range(n):")
-            out.depth += 1
+        opened = self._open_samples(out, node)
         r, c, d = self._loops(out, (R, C))
         if K < DOT_SPLIT_MIN:
             out(f"acc = {zero}")
@@ -392,9 +463,7 @@ class CpuPrinter:
             out(f"{self.elem(node, 'i', r, c)} = acc")
         else:
             self._split_dot(out, node, r, c)
-        out.depth -= d
-        if node.batched:
-            out.depth -= 1
+        out.depth -= d + opened
 
     def _split_dot(self, out: _Lines, node: MatMul, r: str, c: str) -> None:
         """A dot product over K ≥ DOT_SPLIT_MIN terms with DOT_LANES partial sums.
@@ -480,23 +549,22 @@ class CpuPrinter:
     # -- bodies: shared by the stand-alone kernels and the fused training kernel --
     def forward_body(self, out: _Lines) -> None:
         """Forward statements; leaves the batch's mean loss in ``loss``."""
-        for node in self.deriv.forward:
-            self.statement(out, node)
         loss = self.deriv.graph.loss
-        if loss.batched:
-            out("loss = 0.0")
-            with self.scope(out) as inner:
+        if not loss.batched:
+            self.print_nodes(out, self.deriv.forward)
+            out(f"loss = {self.elem(loss, 'i', 0, 0)} * 1.0")
+            return
+        out("loss = 0.0")
+        summed = f"loss += {self.elem(loss, 'i', 0, 0)}"
+        if not self.print_nodes(out, self.deriv.forward, tail=(loss, summed)):
+            with self.scope(out, keep=("loss",)) as inner:
                 inner("for i in range(n):")
                 with inner.indent():
-                    inner(f"loss += {self.elem(loss, 'i', 0, 0)}")
-            out("loss = loss * inv_n")
-        else:
-            out(f"loss = {self.elem(loss, 'i', 0, 0)} * 1.0")
+                    inner(summed)
+        out("loss = loss * inv_n")
 
     def backward_body(self, out: _Lines, skip: frozenset[int] = frozenset()) -> None:
-        for node in self.deriv.backward:
-            if node.id not in skip:
-                self.statement(out, node)
+        self.print_nodes(out, [node for node in self.deriv.backward if node.id not in skip])
         zero = self.scalar._num(0)
         for k, gn in enumerate(self.deriv.grads):
             p = self.deriv.graph.params[k]
@@ -532,19 +600,25 @@ class CpuPrinter:
         knobs = ", ".join(["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())])
         out("bad = 0  # new values that are not finite")
         fused = fused or {}
+        nstates = len(form.states)
         for k, p in enumerate(params):
-            states = "".join(f", s{k}_{j}" for j in range(len(form.states)))
-            label = comment_text(p.label)
-            if k in fused:
-                a, b = fused[k]
-                out(f"if n == 1:  # {label}: gradient δ₀[r]·x₀[c], formed in the update sweep")
-                with out.indent():
-                    out(f"bad += step_outer(p{k}, {self._row(a)}, {self._row(b)}{states}, {knobs})")
-                out("else:")
-                with out.indent():
-                    out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})  # {label}")
-            else:
-                out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})  # {label}")
+            if k not in fused:
+                continue
+            states = "".join(f", s{k}_{j}" for j in range(nstates))
+            a, b = fused[k]
+            out(f"if n == 1:  # {comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep")
+            with out.indent():
+                out(f"bad += step_outer(p{k}, {self._row(a)}, {self._row(b)}{states}, {knobs})")
+            out("else:")
+            with out.indent():
+                out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
+        rest = [k for k in range(len(params)) if k not in fused]
+        if rest:
+            labels = ", ".join(comment_text(params[k].label) for k in rest)
+            tuples = [_tuple(f"p{k}" for k in rest), _tuple(f"g{k}" for k in rest)]
+            tuples += [_tuple(f"s{k}_{j}" for k in rest) for j in range(nstates)]
+            out(f"# {labels}")
+            out(f"bad += step_each({', '.join(tuples)}, {knobs})")
 
     def _row(self, node: Node) -> str:
         """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``)."""
@@ -582,6 +656,19 @@ class CpuPrinter:
                         self._update_entry(out, form, r="r", c="c", grad=grad)
                 out("return bad")
             parts.append(out.text())
+        out = _Lines()
+        out(_DECORATOR)
+        tuples = ["ps", "gs", *[f"s{j}s" for j in range(len(states))]]
+        out(f"def step_each({', '.join([*tuples, *knobs])}):")
+        with out.indent():
+            out('"""step_entries on every parameter of a tuple: one call per training step."""')
+            out("bad = 0")
+            out("for k in range(len(ps)):")
+            with out.indent():
+                args = ", ".join([f"{t}[k]" for t in tuples] + knobs)
+                out(f"bad += step_entries({args})")
+            out("return bad")
+        parts.append(out.text())
         return "\n\n".join(parts)
 
     def _update_entry(self, body: _Lines, form: UpdateForm, r: str, c: str, grad: str) -> None:
@@ -693,16 +780,9 @@ class CpuPrinter:
                 out("inv_n = F(1.0) / F(n)")
                 if data:
                     out("if shuffle:")
-                    with out.indent(), self.scope(out) as inner:
-                        inner("for i in range(n):")
-                        with inner.indent():
-                            inner("row = perm[lo + i]")
-                            # explicit loops: slice assignment costs seconds of Numba compile time
-                            for leaf, buf, big in zip(g.inputs + g.targets, gather, full):
-                                inner(f"for j in range({leaf.size}):")
-                                with inner.indent():
-                                    inner(f"{buf}[i, j] = {big}[row, j]")
                     with out.indent():
+                        for buf, big in zip(gather, full):
+                            out(f"gather_rows({buf}, {big}, perm, lo, n)")
                         for name, buf in zip(data, gather):
                             out(f"{name} = {buf}[:n]")
                     out("else:")
@@ -731,9 +811,12 @@ class CpuPrinter:
                         for k in fused:
                             self.statement(out, grads[k])
                             self._buffer_norm(out, k)
-                for k in range(len(g.params)):
-                    if k not in fused:
-                        self._buffer_norm(out, k)
+                rest = [k for k in range(len(g.params)) if k not in fused]
+                if rest:  # squared: the roots are taken outside
+                    out(
+                        f"total += sum_squares_into(gnorms[step - start], {_tuple(rest)}, "
+                        f"{_tuple(f'g{k}' for k in rest)})"
+                    )
                 out("if not math.isfinite(total):")
                 with out.indent():
                     out("return 2, step")
@@ -751,14 +834,16 @@ class CpuPrinter:
         return out.text(), args
 
     def _buffer_norm(self, out: _Lines, k: int) -> None:
-        with self.scope(out) as inner:
-            self._sum_of_squares(inner, f"g{k}", self.deriv.graph.params[k].shape)
-            inner(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
-            inner("total += sq")
+        out(f"sq = sum_squares(g{k})")
+        out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
+        out("total += sq")
 
     def _outer_norm(self, out: _Lines, k: int, a: Node, b: Node) -> None:
         with self.scope(out) as inner:
-            for acc, node, (rows, cols) in (("sq0", a, (a.shape[0], 1)), ("sq1", b, (1, b.shape[1]))):
+            for acc, node, (rows, cols) in (
+                ("sq0", a, (a.shape[0], 1)),
+                ("sq1", b, (1, b.shape[1])),
+            ):
                 inner(f"{acc} = 0.0")
                 r, c, d = self._loops(inner, (rows, cols))
                 e = self.elem(node, "0", r, c)
@@ -766,43 +851,6 @@ class CpuPrinter:
                 inner.depth -= d
             inner(f"gnorms[step - start, {k}] = sq0 * sq1  # squared: the root is taken outside")
             inner("total += sq0 * sq1")
-
-    def _sum_of_squares(self, out: _Lines, name: str, shape: tuple[int, int]) -> None:
-        """``sq`` = Σ name[r, c]², with DOT_LANES partial sums along the contiguous axis
-        when it is long enough (one running sum is latency-bound: ~4 cycles an entry)."""
-        rows, cols = shape
-        long_axis = cols if cols > 1 else rows
-        if long_axis < DOT_SPLIT_MIN or rows * cols < NORM_SPLIT_MIN:
-            out("sq = 0.0")
-            r, c, d = self._loops(out, shape)
-            out(f"sq += {name}[{r}, {c}] * {name}[{r}, {c}]")
-            out.depth -= d
-            return
-        lanes = DOT_LANES
-        sqs = [f"sq{q}" for q in range(lanes)]
-        out(" = ".join(sqs) + " = 0.0")
-        body = long_axis - long_axis % lanes
-
-        def at(k: str) -> str:
-            return f"{name}[r, {k}]" if cols > 1 else f"{name}[{k}, 0]"
-
-        depth = 0
-        if cols > 1 and rows > 1:
-            out(f"for r in range({rows}):")
-            out.depth += 1
-            depth = 1
-        elif cols > 1:
-            at = lambda k: f"{name}[0, {k}]"  # noqa: E731
-        out(f"for k in range(0, {body}, {lanes}):")
-        with out.indent():
-            for q, sq in enumerate(sqs):
-                e = at("k" if q == 0 else f"k + {q}")
-                out(f"{sq} += {e} * {e}")
-        for q in range(long_axis % lanes):
-            e = at(str(body + q))
-            out(f"{sqs[q]} += {e} * {e}")
-        out.depth -= depth
-        out("sq = " + " + ".join(f"({sqs[q]} + {sqs[q + 1]})" for q in range(0, lanes, 2)))
 
     def _header(self, what: str, imports: list[str]) -> _Lines:
         header = _Lines()
@@ -833,11 +881,11 @@ class CpuPrinter:
     def model(self) -> CpuKernels:
         fwd, fwd_args = self.forward_kernel()
         bwd, bwd_args = self.backward_kernel()
-        header = self._header("forward and backward", [])
+        header = self._header("forward and backward", [_RUNTIME_IMPORT])
         for name, value in self.consts:
             header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
         header("")
-        parts = {"forward": fwd, "backward": bwd}
+        parts = {"forward": _decorated(fwd), "backward": _decorated(bwd)}
         text = header.text() + "\n" + "\n\n".join(parts.values())
         g = self.deriv.graph
         output_view = None
@@ -860,17 +908,32 @@ class CpuPrinter:
     def optimizer(self, rule: UpdateRule) -> OptimizerKernels:
         upd, upd_args = self.update_kernel(rule)
         trn, trn_args = self.train_kernel(rule)
-        steps = self.step_kernels(rule, outer=bool(self.fused_gradients()))
+        # the rule's step kernels depend on the rule and the dtype only: a module of
+        # their own, compiled once per machine and shared by every network
+        steps = _decorated(self.step_kernels(rule, outer=True))
+        dtype = "float32" if self.float32 else "float64"
+        step_header = _Lines()
+        step_header('"""gradc generated kernels (CPU, Numba): one optimizer rule, entrywise.')
+        step_header("")
+        step_header(f"dtype: {dtype}; shared by every network trained with this rule.")
+        step_header('"""')
+        for line in ("import math", "", "import numba", "import numpy as np", ""):
+            step_header(line)
+        step_header(f"F = np.{dtype}")
+        step_source = step_header.text() + "\n\n" + steps
         header = self._header(
             "optimizer update and fused training epoch",
-            ["from gradc.kernels.runtime import shuffle_rows"],
+            [
+                _RUNTIME_IMPORT,
+                f"from {module_name(step_source)} import step_each, step_entries, step_outer",
+            ],
         )
         for name, value in self.consts:
             header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
         header("")
-        parts = {"update": upd, "train": trn}
-        text = header.text() + "\n" + steps + "\n\n\n" + "\n\n".join(parts.values())
-        return OptimizerKernels(text, {"step": steps, **parts}, upd_args, trn_args)
+        parts = {"update": _decorated(upd), "train": _decorated(trn)}
+        text = header.text() + "\n" + "\n\n".join(parts.values())
+        return OptimizerKernels(text, {"step": steps, **parts}, upd_args, trn_args, step_source)
 
     def elem_storage(self, node: Node) -> str:
         if isinstance(node, Leaf) and node.role == "seed":
@@ -879,7 +942,9 @@ class CpuPrinter:
 
 
 # names of statement-local variables in generated code (renamed per statement)
-_LOCAL = re.compile(r"\b(?:i|r|c|k|j|z|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b")
+_LOCAL = re.compile(
+    r"\b(?:i|r|c|k|j|z|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
+)
 
 
 def _batched_vector(node: Node) -> bool:
@@ -889,11 +954,32 @@ def _batched_vector(node: Node) -> bool:
     return node.batched and 1 in node.shape
 
 
+def _tuple(items) -> str:
+    """A tuple display in source: ``(a,)``, ``(a, b)``."""
+    items = [str(x) for x in items]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
 def _transposed(operand: str) -> str:
     return operand[:-2] if operand.endswith(".T") else operand + ".T"
 
 
 _DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
+_RUNTIME_IMPORT = (
+    "from gradc.kernels.runtime import "
+    "fill_zero, fill_zero_each, gather_rows, shuffle_rows, sum_squares, sum_squares_into, vexp"
+)
+# A kernel that calls no BLAS allocates nothing and holds no reference beyond the
+# call, so it is compiled without Numba's reference counting: a third less
+# compile time (no incref/decref to lower around every array view).
+_DECORATOR_NO_NRT = '@numba.njit(cache=True, error_model="numpy", _nrt=False)'
+
+
+def _decorated(kernel: str) -> str:
+    """``kernel`` with the lighter decorator when it never calls ``np.dot``."""
+    if "np.dot(" in kernel:
+        return kernel
+    return kernel.replace(_DECORATOR, _DECORATOR_NO_NRT)
 
 
 def print_cpu(deriv: Derivation, dtype: str = "float64") -> CpuKernels:

@@ -108,10 +108,13 @@ class CudaOptimizerKernels:
     module_source: str
     source: dict[str, str]
     update_args: list[str]
+    step_source: str = ""  # the CPU's shared step module; CUDA prints its rule per program
 
 
 class CudaPrinter(CpuPrinter):
     """Prints one ``@cuda.jit`` kernel per node statement, and the host code launching it."""
+
+    EXP = "math.exp"  # CUDA's own exp (libdevice)
 
     def __init__(self, deriv: Derivation, dtype: str):
         super().__init__(deriv, dtype)

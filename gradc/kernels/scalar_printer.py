@@ -28,10 +28,11 @@ class ScalarPrinter(PythonCodePrinter):
 
     printmethod = "_gradc_numba"
 
-    def __init__(self, float32: bool = False, math_module: str = "math"):
+    def __init__(self, float32: bool = False, math_module: str = "math", exp: str | None = None):
         super().__init__({"fully_qualified_modules": True, "strict": True})
         self.float32 = float32
         self.math_module = math_module
+        self.exp = exp or f"{math_module}.exp"  # the CPU kernels use runtime.vexp
 
     def _num(self, value: float) -> str:
         text = repr(float(value))
@@ -103,7 +104,7 @@ class ScalarPrinter(PythonCodePrinter):
         return f"{self.math_module}.log({self._print(expr.args[0])})"
 
     def _print_exp(self, expr):
-        return f"{self.math_module}.exp({self._print(expr.args[0])})"
+        return f"{self.exp}({self._print(expr.args[0])})"
 
     def _print_Max(self, expr):
         return self._fold("max", expr.args)

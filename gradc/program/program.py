@@ -88,6 +88,8 @@ class Program:
         found = self._opt_modules.get(key)
         if found is None:
             okern = self.kernels.optimizer(opt.update_rule)
+            if okern.step_source:  # the module below imports from it
+                load_module(okern.step_source)
             found = (okern, load_module(okern.module_source))
             self._opt_modules[key] = found
         return found

@@ -40,11 +40,13 @@ from .scalar_printer import ScalarPrinter
 __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 
 # A product goes to BLAS when one sample costs at least BLAS_MIN_MACS
-# multiply-adds and the whole batch at least BLAS_MIN_TOTAL; below that the
-# call overhead of BLAS (~1 µs) is more than literal-shape loops cost.
+# multiply-adds and the whole batch at least BLAS_MIN_TOTAL; a weight gradient
+# Σₙ δₙ·xₙᵀ from batch BLAS_MIN_CONTRACT. Below that the call overhead of BLAS
+# (~1 µs) is more than literal-shape loops cost. Measured on the layer shapes of
+# the peers benchmark: benchmarks/blas_threshold.py, results/blas_threshold.md.
 BLAS_MIN_MACS = 256
-BLAS_MIN_TOTAL = 32768
-BLAS_MIN_CONTRACT = 16  # batch size from which Σₙ δₙ·xₙᵀ goes to BLAS
+BLAS_MIN_TOTAL = 2048
+BLAS_MIN_CONTRACT = 8
 # Loop dot products over at least DOT_SPLIT_MIN terms keep DOT_LANES partial sums.
 DOT_SPLIT_MIN = 8
 DOT_LANES = 4

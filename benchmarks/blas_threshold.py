@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import info_markdown, machine_info, markdown_table, pin_threads  # noqa: E402
+from _common import info_markdown, machine_info, markdown_table, pin_threads
 
 pin_threads(1)
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 SHAPES = [(10, 32), (32, 32), (32, 64), (10, 256), (128, 256), (256, 784)]

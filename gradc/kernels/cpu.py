@@ -47,6 +47,8 @@ __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 BLAS_MIN_MACS = 256
 BLAS_MIN_TOTAL = 2048
 BLAS_MIN_CONTRACT = 8
+# Elementwise loops of at least this many entries per sample use runtime.vexp.
+VEXP_MIN_ENTRIES = 8
 # Loop dot products over at least DOT_SPLIT_MIN terms keep DOT_LANES partial sums.
 DOT_SPLIT_MIN = 8
 DOT_LANES = 4
@@ -354,9 +356,25 @@ class CpuPrinter:
         known = self.comment_names.get(node.id)
         return comment_text(f"{known} = {text}   ({dims})" if known else f"{text}   ({dims})")
 
+    @contextmanager
+    def _exp_for(self, entries: int):
+        """vexp in loops long enough to vectorise; libm's exp in shorter ones, where
+        vexp's straight-line polynomial runs scalar and costs more than the call."""
+        saved = self.scalar.exp
+        if entries < VEXP_MIN_ENTRIES:
+            self.scalar.exp = "math.exp"
+        try:
+            yield self.scalar.exp
+        finally:
+            self.scalar.exp = saved
+
     def _print_Map(self, out: _Lines, node: Map) -> None:
         if node.id in self.inlined:
             return  # computed inside its reader's loop
+        with self._exp_for(node.size):
+            self._print_map(out, node)
+
+    def _print_map(self, out: _Lines, node: Map) -> None:
         out(f"# {self._describe(node)}")
         body, reads = map_expression(node, self.inlined)
         temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
@@ -391,7 +409,8 @@ class CpuPrinter:
         out.depth -= d
         out(f"acc = {self.scalar._num(0)}")
         r, c, d = self._loops(out, a.shape)
-        out(f"acc += {self.EXP}({self.elem(a, 'i', r, c)} - big)")
+        with self._exp_for(a.size) as exp:
+            out(f"acc += {exp}({self.elem(a, 'i', r, c)} - big)")
         out.depth -= d
         out(f"{self.elem(node, 'i', 0, 0)} = big + math.log(acc)")
         out.depth -= opened
@@ -567,6 +586,27 @@ class CpuPrinter:
 
     def backward_body(self, out: _Lines, skip: frozenset[int] = frozenset()) -> None:
         self.print_nodes(out, [node for node in self.deriv.backward if node.id not in skip])
+        self._gradient_copies(out)
+
+    def one_sample_pass(self, skip: frozenset[int] = frozenset()) -> bool:
+        """Whether forward and backward can run as one sample loop (no BLAS branch, no
+        batch-wide value between them): a small network, whose sample then goes
+        forward and back while its values are still in L1, as one writes it by hand."""
+        nodes = self.deriv.forward + [n for n in self.deriv.backward if n.id not in skip]
+        return self.deriv.graph.loss.batched and all(self._groupable(n) for n in nodes)
+
+    def forward_backward_body(self, out: _Lines, skip: frozenset[int] = frozenset()) -> None:
+        """Forward and backward statements in one sample loop; the batch's mean loss
+        is left in ``loss`` (see :meth:`one_sample_pass`)."""
+        loss = self.deriv.graph.loss
+        out("loss = 0.0")
+        nodes = self.deriv.forward + [n for n in self.deriv.backward if n.id not in skip]
+        self.print_nodes(out, nodes, tail=(loss, f"loss += {self.elem(loss, 'i', 0, 0)}"))
+        out("loss = loss * inv_n")
+        self._gradient_copies(out)
+
+    def _gradient_copies(self, out: _Lines) -> None:
+        """g<k> for gradients that are not computed straight into their buffer."""
         zero = self.scalar._num(0)
         for k, gn in enumerate(self.deriv.grads):
             p = self.deriv.graph.params[k]
@@ -791,16 +831,25 @@ class CpuPrinter:
                     with out.indent():
                         for name, big in zip(data, full):
                             out(f"{name} = {big}[lo:lo + n]")
-                out("# ---- forward")
-                self.forward_body(out)
-                out("losses[step - start] = loss")
-                out("if not math.isfinite(loss):")
-                with out.indent():
-                    out("return 1, step")
                 fused = self.fused_gradients()
                 grads = self.deriv.grads
-                out("# ---- backward")
-                self.backward_body(out, skip=frozenset(grads[k].id for k in fused))
+                skip = frozenset(grads[k].id for k in fused)
+                if self.one_sample_pass(skip):
+                    out("# ---- forward and backward, one sample at a time")
+                    self.forward_backward_body(out, skip)
+                    out("losses[step - start] = loss")
+                    out("if not math.isfinite(loss):  # nothing was updated yet")
+                    with out.indent():
+                        out("return 1, step")
+                else:
+                    out("# ---- forward")
+                    self.forward_body(out)
+                    out("losses[step - start] = loss")
+                    out("if not math.isfinite(loss):")
+                    with out.indent():
+                        out("return 1, step")
+                    out("# ---- backward")
+                    self.backward_body(out, skip)
                 out("# ---- gradient norms (History, clip_norm, divergence check)")
                 out("total = 0.0")
                 if fused:

@@ -903,10 +903,12 @@ class CpuPrinter:
             inner(f"gnorms[step - start, {k}] = sq0 * sq1  # squared: the root is taken outside")
             inner("total += sq0 * sq1")
 
-    def _header(self, what: str, imports: list[str]) -> _Lines:
+    def module_doc(self, what: str, target: str, notes: tuple[str, ...] = ()) -> _Lines:
+        """A generated module's docstring: what it holds, and which compiler-chosen
+        name stands for which parameter, input and target of the spec."""
         header = _Lines()
         g = self.deriv.graph
-        header(f'"""gradc generated kernels (CPU, Numba): {what}.')
+        header(f'"""gradc generated kernels ({target}): {what}.')
         header("")
         header(
             f"strategy: {self.deriv.strategy}; dtype: {'float32' if self.float32 else 'float64'}"
@@ -917,7 +919,13 @@ class CpuPrinter:
             header(
                 f"{x.role} {self.name(x)}: {comment_text(x.label)} {x.shape[0]}×{x.shape[1]} per sample"
             )
+        for line in notes:
+            header(line)
         header('"""')
+        return header
+
+    def _header(self, what: str, imports: list[str]) -> _Lines:
+        header = self.module_doc(what, "CPU, Numba")
         header("import math")
         header("")
         header("import numba")
@@ -938,13 +946,6 @@ class CpuPrinter:
         header("")
         parts = {"forward": _decorated(fwd), "backward": _decorated(bwd)}
         text = header.text() + "\n" + "\n\n".join(parts.values())
-        g = self.deriv.graph
-        output_view = None
-        if g.output is not None:
-            node, transposed = g.output, False
-            while isinstance(node, Transpose):
-                node, transposed = node.args[0], not transposed
-            output_view = (self.elem_storage(node), transposed)
         return CpuKernels(
             printer=self,
             module_source=text,
@@ -952,7 +953,7 @@ class CpuPrinter:
             buffers=self.buffers,
             forward_args=fwd_args,
             backward_args=bwd_args,
-            output_view=output_view,
+            output_view=self.output_view(),
             float32=self.float32,
         )
 
@@ -985,6 +986,16 @@ class CpuPrinter:
         parts = {"update": _decorated(upd), "train": _decorated(trn)}
         text = header.text() + "\n" + "\n\n".join(parts.values())
         return OptimizerKernels(text, {"step": steps, **parts}, upd_args, trn_args, step_source)
+
+    def output_view(self) -> tuple[str, bool] | None:
+        """(storage name, transposed) of the spec's output, for ``predict``."""
+        node = self.deriv.graph.output
+        if node is None:
+            return None
+        transposed = False
+        while isinstance(node, Transpose):
+            node, transposed = node.args[0], not transposed
+        return self.elem_storage(node), transposed
 
     def elem_storage(self, node: Node) -> str:
         if isinstance(node, Leaf) and node.role == "seed":

@@ -730,21 +730,8 @@ class CudaPrinter(CpuPrinter):
 
     # -- modules -------------------------------------------------------------------
     def _cuda_header(self, what: str, body: str) -> Lines:
-        header = Lines()
-        g = self.deriv.graph
-        header(f'"""gradc generated kernels (CUDA, numba-cuda): {what}.')
-        header("")
-        header(
-            f"strategy: {self.deriv.strategy}; dtype: {'float32' if self.float32 else 'float64'}"
-        )
-        for p in g.params:
-            header(f"parameter {self.name(p)}: {comment_text(p.label)} {p.shape[0]}×{p.shape[1]}")
-        for x in g.inputs + g.targets:
-            header(
-                f"{x.role} {self.name(x)}: {comment_text(x.label)} {x.shape[0]}×{x.shape[1]} per sample"
-            )
-        header("Each @cuda.jit kernel computes one node; the host functions launch them in order.")
-        header('"""')
+        note = "Each @cuda.jit kernel computes one node; the host functions launch them in order."
+        header = self.module_doc(what, "CUDA, numba-cuda", (note,))
         header("import math")
         header("")
         header("import numpy as np")
@@ -771,13 +758,6 @@ class CudaPrinter(CpuPrinter):
             header(f"{name} = np.array({value.tolist()!r}, dtype=F)  # a constant of the spec")
         header("")
         text = header.text() + "\n" + joined
-        g = self.deriv.graph
-        output_view = None
-        if g.output is not None:
-            node, transposed = g.output, False
-            while isinstance(node, Transpose):
-                node, transposed = node.args[0], not transposed
-            output_view = (self.elem_storage(node), transposed)
         return CudaKernels(
             printer=self,
             module_source=text,
@@ -785,7 +765,7 @@ class CudaPrinter(CpuPrinter):
             buffers=self.buffers,
             forward_args=fwd_args,
             backward_args=bwd_args,
-            output_view=output_view,
+            output_view=self.output_view(),
             float32=self.float32,
         )
 

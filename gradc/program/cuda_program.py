@@ -17,21 +17,17 @@ round trip per step.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import GradcError
 from ..kernels.runtime import shuffle_rows
-from ..spec.optimizers import Optimizer
-from .health import warn_if_unhealthy
 from .history import History
-from .program import _STATUS, Program, _progress
+from .program import _STATUS, FitPlan, Program, _progress
 
 __all__ = ["CHUNK", "CudaProgram", "require_cuda"]
 
@@ -68,20 +64,6 @@ def require_cuda():
             why += "; NUMBA_ENABLE_CUDASIM was set after numba had been imported"
         raise GradcError(_NO_GPU.format(why=why))
     return cuda
-
-
-@dataclass
-class _Plan:
-    """What ``fit``'s arguments came to: sizes, step count and switches."""
-
-    nrows: int
-    bs: int
-    nbatches: int
-    total_steps: int
-    has_data: bool
-    shuffle: bool
-    seed: int
-    clip: float
 
 
 @contextlib.contextmanager
@@ -181,73 +163,13 @@ class CudaProgram(Program):
         return loss, self._as_user_dict(host, params)
 
     # -- training ---------------------------------------------------------------
-    def fit(
-        self,
-        params: dict,
-        X=None,
-        Y=None,
-        *,
-        optimizer: Optimizer | None = None,
-        epochs: int = 1,
-        steps: int | None = None,
-        batch_size: int | None = None,
-        shuffle: bool = True,
-        seed: int = 0,
-        clip_norm: float | None = None,
-        progress: bool = False,
-        record_path: bool = False,
-        warn_health: bool = True,
-    ) -> History:
-        """Train ``params`` in place on the device; returns a :class:`History`.
-
-        Same arguments and results as :meth:`Program.fit`; parameters, optimizer
-        state and batches stay on the device until the end (or, with
-        ``record_path``, are copied back after every step).
-        """
-        opt = optimizer if optimizer is not None else self.optimizer
-        if not isinstance(opt, Optimizer):
-            raise GradcError(f"optimizer must be a gc.Optimizer, got {opt!r}")
-        p = self._params(params)
-        has_data = bool(self.graph.data)
-        if has_data:
-            data, nrows = self._data(X, Y)
-        else:
-            if X is not None or Y is not None:
-                raise GradcError("this spec has no inputs or targets; call fit(params, steps=...)")
-            data, nrows = [], 1
-        bs = nrows if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise GradcError(f"batch_size must be at least 1, got {batch_size}")
-        bs = min(bs, nrows)
-        nbatches = -(-nrows // bs)
-        if steps is not None:
-            total_steps = int(steps)
-        elif has_data:
-            total_steps = int(epochs) * nbatches
-        else:
-            total_steps = int(epochs)
-        if total_steps < 0:
-            raise GradcError("steps and epochs must not be negative")
-        clip = 0.0 if clip_norm is None else float(clip_norm)
-        if clip < 0 or not math.isfinite(clip):
-            raise GradcError(f"clip_norm must be a positive number, got {clip_norm}")
-        plan = _Plan(
-            nrows=nrows,
-            bs=bs,
-            nbatches=nbatches,
-            total_steps=total_steps,
-            has_data=has_data,
-            shuffle=bool(shuffle and has_data and nbatches > 1),
-            seed=int(seed),
-            clip=clip,
-        )
+    def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
+        """``fit`` on the device: parameters, optimizer state and batches stay there
+        until the end (or, with ``record_path``, are copied back after every step)."""
         with _on_device():
-            history = self._fit_on_device(opt, params, p, data, plan, progress, record_path)
-        if warn_health:
-            warn_if_unhealthy(history.grad_norms, history.weights)
-        return history
+            return self._fit_on_device(opt, params, p, data, plan, progress, record_path)
 
-    def _fit_on_device(self, opt, params, p, data, plan: _Plan, progress, record_path) -> History:
+    def _fit_on_device(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
         nrows, bs, nbatches, total_steps = plan.nrows, plan.bs, plan.nbatches, plan.total_steps
         has_data, shuffle, seed, clip = plan.has_data, plan.shuffle, plan.seed, plan.clip
         cuda = self._cuda

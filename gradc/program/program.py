@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +34,20 @@ _STATUS = {
     2: "a gradient became non-finite or too large to measure (its squared norm overflowed)",
     3: "the update made a parameter non-finite",
 }
+
+
+@dataclass
+class FitPlan:
+    """What ``fit``'s arguments came to: sizes, step count and switches."""
+
+    nrows: int
+    bs: int
+    nbatches: int
+    total_steps: int
+    has_data: bool
+    shuffle: bool
+    seed: int
+    clip: float
 
 
 class Program:
@@ -280,34 +295,19 @@ class Program:
         says at which step. ``warn_health`` warns once (``GradientHealthWarning``)
         about vanishing or exploding gradients, naming the remedies.
         """
-        opt = optimizer if optimizer is not None else self.optimizer
-        if not isinstance(opt, Optimizer):
-            raise GradcError(f"optimizer must be a gc.Optimizer, got {opt!r}")
-        okern, omod = self._optimizer_module(opt)
+        opt = self._fit_optimizer(optimizer)
         p = self._params(params)
-        has_data = bool(self.graph.data)
-        if has_data:
-            data, nrows = self._data(X, Y)
-        else:
-            if X is not None or Y is not None:
-                raise GradcError("this spec has no inputs or targets; call fit(params, steps=...)")
-            data, nrows = [], 1
-        bs = nrows if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise GradcError(f"batch_size must be at least 1, got {batch_size}")
-        bs = min(bs, nrows)
-        nbatches = -(-nrows // bs)
-        if steps is not None:
-            total_steps = int(steps)
-        elif has_data:
-            total_steps = int(epochs) * nbatches
-        else:
-            total_steps = int(epochs)
-        if total_steps < 0:
-            raise GradcError("steps and epochs must not be negative")
-        clip = 0.0 if clip_norm is None else float(clip_norm)
-        if clip < 0 or not math.isfinite(clip):
-            raise GradcError(f"clip_norm must be a positive number, got {clip_norm}")
+        data, plan = self._fit_plan(X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm)
+        history = self._run_fit(opt, params, p, data, plan, progress, record_path)
+        if warn_health:
+            warn_if_unhealthy(history.grad_norms, history.weights)
+        return history
+
+    def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
+        """The steps of ``fit`` (after its checks), in the fused epoch kernel."""
+        okern, omod = self._optimizer_module(opt)
+        nrows, bs, nbatches = plan.nrows, plan.bs, plan.nbatches
+        total_steps, has_data, clip = plan.total_steps, plan.has_data, plan.clip
 
         states = self._optimizer_state(opt, p)
         hp = np.array([opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype)
@@ -325,8 +325,7 @@ class Program:
         for k, st in enumerate(states):
             ns.update({f"s{k}_{j}": s for j, s in enumerate(st)})
         ns.update(perm=np.arange(nrows, dtype=np.int64), hp=hp, clip=clip, nrows=nrows, bs=bs)
-        # one full batch needs no shuffle: the mean over all samples does not depend on order
-        ns["shuffle"] = bool(shuffle and has_data and nbatches > 1)
+        ns["shuffle"] = plan.shuffle
 
         history = History()
         losses, norms, epoch_losses, path = [], [], [], []
@@ -341,7 +340,7 @@ class Program:
             while done < total_steps:
                 in_epoch = min(nbatches, total_steps - done) if has_data else total_steps
                 chunk = 1 if record_path else in_epoch
-                ns["seed"] = np.uint64((int(seed) * 1_000_003 + epoch) % 2**63)
+                ns["seed"] = np.uint64((plan.seed * 1_000_003 + epoch) % 2**63)
                 epoch_l = np.zeros(in_epoch)
                 for start in range(0, in_epoch, chunk):
                     stop = min(start + chunk, in_epoch)
@@ -399,9 +398,51 @@ class Program:
             history.samples = samples
             history.weights = list(self._weight_names)
         self._write_back(p, params)
-        if warn_health:
-            warn_if_unhealthy(history.grad_norms, history.weights)
         return history
+
+    def _fit_optimizer(self, optimizer: Optimizer | None) -> Optimizer:
+        opt = optimizer if optimizer is not None else self.optimizer
+        if not isinstance(opt, Optimizer):
+            raise GradcError(f"optimizer must be a gc.Optimizer, got {opt!r}")
+        return opt
+
+    def _fit_plan(self, X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm):
+        """Check ``fit``'s data and arguments; returns (data arrays, :class:`FitPlan`)."""
+        has_data = bool(self.graph.data)
+        if has_data:
+            data, nrows = self._data(X, Y)
+        else:
+            if X is not None or Y is not None:
+                raise GradcError("this spec has no inputs or targets; call fit(params, steps=...)")
+            data, nrows = [], 1
+        bs = nrows if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise GradcError(f"batch_size must be at least 1, got {batch_size}")
+        bs = min(bs, nrows)
+        nbatches = -(-nrows // bs)
+        if steps is not None:
+            total_steps = int(steps)
+        elif has_data:
+            total_steps = int(epochs) * nbatches
+        else:
+            total_steps = int(epochs)
+        if total_steps < 0:
+            raise GradcError("steps and epochs must not be negative")
+        clip = 0.0 if clip_norm is None else float(clip_norm)
+        if clip < 0 or not math.isfinite(clip):
+            raise GradcError(f"clip_norm must be a positive number, got {clip_norm}")
+        plan = FitPlan(
+            nrows=nrows,
+            bs=bs,
+            nbatches=nbatches,
+            total_steps=total_steps,
+            has_data=has_data,
+            # one full batch needs no shuffle: the mean over all samples ignores order
+            shuffle=bool(shuffle and has_data and nbatches > 1),
+            seed=int(seed),
+            clip=clip,
+        )
+        return data, plan
 
     @functools.cached_property
     def _weight_names(self) -> list[str]:

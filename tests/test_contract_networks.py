@@ -453,3 +453,30 @@ def test_random_networks(case):
     if dtype == "float64":
         fd = finite_diff(lambda p: mlp_loss_dict(p, names, acts, X, Y, loss_name), p64)
         assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-8, what=f"random net {case} vs FD")
+
+
+def test_blas_loop_and_fused_paths_against_the_delta_recursion():
+    """A 24-48-3 network takes every kernel path: BLAS layer products and weight
+    gradients (batch 16), printed loops (batch 5), and at batch 1 the sweep that
+    forms W1's gradient δ·xᵀ inside the update (W1 has 1,152 entries). Gradients
+    and SGD runs are replayed with the NumPy δ recursion."""
+    widths, acts = [24, 48, 3], ["sigmoid", "tanh"]
+    net, values = _net_and_params(widths, acts, seed=41, scale=0.3)
+    prog = gc.compile(net, loss=gc.mse)
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 16, 41)
+    for n in (16, 5, 1):
+        loss, grads = prog.value_and_grad(prog.init(values), X[:n], Y[:n])
+        ref_loss, ref_grads = mlp_grad_dict(values, names, acts, X[:n], Y[:n])
+        assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+        assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what=f"batch {n}")
+    lr = 0.1
+    for bs in (16, 5, 1):
+        params = prog.init(values)
+        hist = prog.fit(params, X, Y, optimizer=gc.SGD(lr), batch_size=bs, shuffle=False)
+        want = {k: np.array(v, float) for k, v in values.items()}
+        for s in range(0, 16, bs):
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + bs], Y[s : s + bs])
+            want = {k: want[k] - lr * g[k] for k in want}
+        assert len(hist.loss) == -(-16 // bs)
+        assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"fit batch {bs}")

@@ -450,12 +450,12 @@ class CpuPrinter:
         a, b = node.args
         o = self.blas_operand(node)
         if node.contract:  # Σₙ aₙ bₙ = A[:n]ᵀ · B[:n]
-            return f"np.dot({self.blas_operand(a)}.T, {self.blas_operand(b)}, {o})"
+            return f"matmul({self.blas_operand(a)}.T, {self.blas_operand(b)}, {o})"
         if node.batched and not a.batched:  # rows: out[i] = A · b[i]  →  B[:n] · Aᵀ
-            return f"np.dot({self.blas_operand(b)}, {_transposed(self.blas_operand(a))}, {o})"
+            return f"matmul({self.blas_operand(b)}, {_transposed(self.blas_operand(a))}, {o})"
         if node.batched and not b.batched:  # rows: out[i] = a[i] · B
-            return f"np.dot({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
-        return f"np.dot({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
+            return f"matmul({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
+        return f"matmul({self.blas_operand(a)}, {self.blas_operand(b)}, {o})"
 
     def _loop_product(self, out: _Lines, node: MatMul) -> None:
         a, b = node.args
@@ -1029,17 +1029,19 @@ def _transposed(operand: str) -> str:
 _DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "fill_zero, fill_zero_each, gather_rows, shuffle_rows, sum_squares, sum_squares_into, vexp"
+    "fill_zero, fill_zero_each, gather_rows, matmul, shuffle_rows, sum_squares, sum_squares_into, vexp"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the
 # call, so it is compiled without Numba's reference counting: a third less
-# compile time (no incref/decref to lower around every array view).
+# compile time (no incref/decref to lower around every array view). BLAS
+# (runtime.matmul, i.e. np.dot) needs it: Numba compiles the callee with the
+# caller's flags.
 _DECORATOR_NO_NRT = '@numba.njit(cache=True, error_model="numpy", _nrt=False)'
 
 
 def _decorated(kernel: str) -> str:
-    """``kernel`` with the lighter decorator when it never calls ``np.dot``."""
-    if "np.dot(" in kernel:
+    """``kernel`` with the lighter decorator when it calls no BLAS."""
+    if "matmul(" in kernel or "np.dot(" in kernel:
         return kernel
     return kernel.replace(_DECORATOR, _DECORATOR_NO_NRT)
 

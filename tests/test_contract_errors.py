@@ -212,6 +212,21 @@ def test_divergence_bowl_huge_lr():
     assert np.isfinite(params["w1"]) and np.isfinite(params["w2"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_overflow_is_caught_and_undone(dtype):
+    """J = w², w = 3, lr = 1e38 (float32) / 1e308 (float64): the gradient 6 is
+    finite, the new value 3 − 6·lr overflows. The update sweep's non-finite check
+    (an OR in float32 kernels, a count in float64) stops fit; w goes back to 3."""
+    wo = sp.Symbol("wover")
+    prog = gc.compile(wo**2, params=[wo], dtype=dtype)
+    params = prog.init({wo: 3.0})
+    lr = 1e38 if dtype == "float32" else 1e308
+    with pytest.raises(gc.GradcError, match=r"update step 1 .*param") as ei:
+        prog.fit(params, steps=3, optimizer=gc.SGD(lr=lr))
+    _assert_step_message(_msg(ei))
+    assert float(params["wover"]) == 3.0
+
+
 def test_divergence_exp_objective():
     """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
     the loss there, exp(~46800), overflows."""

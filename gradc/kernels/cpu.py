@@ -687,7 +687,10 @@ class CpuPrinter:
             out(f"def {name}({', '.join(['p', *grad_args, *states, *knobs])}):")
             with out.indent():
                 out(f'"""The optimizer rule on every entry of ``p``, {doc}."""')
-                out("bad = 0")
+                # the non-finite count: an int sum vectorises well next to float64 lanes;
+                # next to 8 float32 lanes widening to int64 halves the speed, and a bool
+                # OR does not (measured on a 256×784 sweep: 35 vs 51 µs; no check: 21)
+                out("bad = False" if self.float32 else "bad = 0")
                 out("for r in range(p.shape[0]):")
                 with out.indent():
                     if name == "step_outer":
@@ -728,7 +731,7 @@ class CpuPrinter:
             if tgt == theta:
                 body(f"p[{r}, {c}] = new_{tgt}")
                 body(f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN")
-                body("bad += z != z")
+                body("bad |= z != z" if self.float32 else "bad += z != z")
             else:
                 body(f"s{states.index(tgt)}[{r}, {c}] = new_{tgt}")
 

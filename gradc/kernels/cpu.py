@@ -107,7 +107,7 @@ class CpuPrinter:
         self.buffers: list[Buffer] = []
         self.comment_names: dict[int, str] = {}
         self._scopes = 0
-        self._group: _Lines | None = None  # the prelude of the sample loop being printed
+        self._group: list[str] | None = None  # buffers the sample loop being printed zeroes
         self._name_everything()
 
     # -- naming --------------------------------------------------------------
@@ -256,9 +256,8 @@ class CpuPrinter:
         if isinstance(node, (Map, SumAll, LogSumExp)):
             return node.batched
         if isinstance(node, MatMul):
-            a, b = node.args
-            if a.shape[0] * a.shape[1] * b.shape[1] >= BLAS_MIN_MACS:
-                return False  # has a BLAS branch, which takes the whole batch
+            if _has_blas_branch(node):
+                return False  # BLAS takes the whole batch at once
             return node.batched or node.contract
         return isinstance(node, BatchSum)
 
@@ -288,8 +287,7 @@ class CpuPrinter:
     def _print_group(self, out: _Lines, run: list[Node], tail) -> bool:
         if not run:
             return False
-        self._group = _Lines()  # prelude: statements before the loop (zeroing sums)
-        self._group.depth = out.depth
+        self._group = []  # batch sums the loop accumulates, zeroed before it
         body = _Lines()
         body.depth = out.depth + 1
         try:
@@ -299,15 +297,14 @@ class CpuPrinter:
             if placed:
                 body(tail[1])
         finally:
-            prelude, self._group = self._group, None
+            zeroed, self._group = self._group, None
         if not body.lines:
             return False
-        zeroed = [line.strip()[len("fill_zero(") : -1] for line in prelude.lines]
         with self.scope(out) as grp:
             if len(zeroed) > 1:  # one call for all (each call costs ~10 ns at run time)
                 grp(f"fill_zero_each({_tuple(zeroed)})")
-            else:
-                grp.lines.extend(prelude.lines)
+            elif zeroed:
+                grp(f"fill_zero({zeroed[0]})")
             grp("for i in range(n):  # one sample at a time through the statements below")
             grp.lines.extend(body.lines)
         return placed
@@ -320,12 +317,12 @@ class CpuPrinter:
             return 1
         return 0
 
-    def _before_samples(self, out: _Lines, line: str) -> None:
-        """A line that must run once before the sample loop (in a group: its prelude)."""
+    def _zero_before_samples(self, out: _Lines, node: Node) -> None:
+        """Zero a batch sum's buffer once before the sample loop that accumulates it."""
         if self._group is not None:
-            self._group(line)
+            self._group.append(self.name(node))
         else:
-            out(line)
+            out(f"fill_zero({self.name(node)})")
 
     @contextmanager
     def scope(self, out: _Lines, keep: tuple[str, ...] = ()):
@@ -418,7 +415,7 @@ class CpuPrinter:
     def _print_BatchSum(self, out: _Lines, node: BatchSum) -> None:
         out(f"# {self._describe(node)}")
         (a,) = node.args
-        self._before_samples(out, f"fill_zero({self.name(node)})")
+        self._zero_before_samples(out, node)
         opened = self._open_samples(out, a)
         r, c, d = self._loops(out, node.shape)
         out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
@@ -427,9 +424,8 @@ class CpuPrinter:
     def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
         out(f"# {self._describe(node)}")
         a, b = node.args
-        R, K, C = a.shape[0], a.shape[1], b.shape[1]
-        macs = R * K * C
-        blas = macs >= BLAS_MIN_MACS
+        macs = a.shape[0] * a.shape[1] * b.shape[1]
+        blas = _has_blas_branch(node)
         per_batch = node.batched or node.contract
         if blas:
             cond = f"n * {macs} >= {BLAS_MIN_TOTAL}" if per_batch else "True"
@@ -463,7 +459,7 @@ class CpuPrinter:
         zero = self.scalar._num(0)
         if node.contract:
             # outer products summed over the batch; the inner loop runs along a row
-            self._before_samples(out, f"fill_zero({self.name(node)})")
+            self._zero_before_samples(out, node)
             opened = self._open_samples(out, a)
             r, _, d1 = self._loops(out, (R, 1))
             out(f"av = {self.elem(a, 'i', r, 0)}")
@@ -578,7 +574,7 @@ class CpuPrinter:
         out("loss = 0.0")
         summed = f"loss += {self.elem(loss, 'i', 0, 0)}"
         if not self.print_nodes(out, self.deriv.forward, tail=(loss, summed)):
-            with self.scope(out, keep=("loss",)) as inner:
+            with self.scope(out) as inner:
                 inner("for i in range(n):")
                 with inner.indent():
                     inner(summed)
@@ -626,9 +622,9 @@ class CpuPrinter:
     ) -> None:
         """One optimizer step on every parameter; ``bad`` counts new values that are not finite.
 
-        Each parameter is one call of ``step_entries`` (printed once per rule by
-        :meth:`step_kernels`): every parameter array has the same Numba type, so
-        Numba compiles the rule once instead of once per parameter. ``fused``
+        The parameters go through one call of ``step_each`` (printed once per rule
+        and dtype by :meth:`step_kernels`): every parameter array has the same Numba
+        type, so Numba compiles the rule once, not once per parameter. ``fused``
         (training kernel only) maps parameters whose gradient is an outer product
         Σₙ δₙ·xₙᵀ to (δ, xᵀ): for a batch of one they go through ``step_outer``,
         which forms δ₀[r]·x₀[c] inside the update sweep and never stores it.
@@ -668,10 +664,11 @@ class CpuPrinter:
             node = node.args[0]
         return f"{self.name(node)}[0]"
 
-    def step_kernels(self, rule: UpdateRule, outer: bool) -> str:
-        """``step_entries`` (and ``step_outer`` when ``outer``): the rule on every
-        entry of one parameter, given its gradient array or the two factors of a
-        batch-of-one outer product; both return how many new values are not finite."""
+    def step_kernels(self, rule: UpdateRule) -> str:
+        """``step_entries`` and ``step_outer``: the rule on every entry of one
+        parameter, given its gradient array or the two factors of a batch-of-one
+        outer product; ``step_each``: ``step_entries`` over a tuple of parameters.
+        Each returns how many new values are not finite (float32: whether any is)."""
         form = UpdateForm.of(rule)
         states = [f"s{j}" for j in range(len(form.states))]
         knobs = ["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())]
@@ -680,8 +677,6 @@ class CpuPrinter:
             ("step_entries", ["g"], "the gradient in ``g``"),
             ("step_outer", ["a", "b"], "the gradient a[r]·b[c] (a batch of one)"),
         ):
-            if name == "step_outer" and not outer:
-                continue
             out = _Lines()
             out(_DECORATOR)
             out(f"def {name}({', '.join(['p', *grad_args, *states, *knobs])}):")
@@ -928,15 +923,12 @@ class CpuPrinter:
         return header
 
     def _header(self, what: str, imports: list[str]) -> _Lines:
-        header = self.module_doc(what, "CPU, Numba")
-        header("import math")
-        header("")
-        header("import numba")
-        header("import numpy as np")
-        header("")
-        for line in imports:
+        return self._imports(self.module_doc(what, "CPU, Numba"), imports)
+
+    def _imports(self, header: _Lines, imports: list[str]) -> _Lines:
+        """The import block and the float type ``F`` every kernel module starts with."""
+        for line in ("import math", "", "import numba", "import numpy as np", "", *imports, ""):
             header(line)
-        header("")
         header(f"F = np.{'float32' if self.float32 else 'float64'}")
         return header
 
@@ -965,17 +957,14 @@ class CpuPrinter:
         trn, trn_args = self.train_kernel(rule)
         # the rule's step kernels depend on the rule and the dtype only: a module of
         # their own, compiled once per machine and shared by every network
-        steps = _decorated(self.step_kernels(rule, outer=True))
+        steps = _decorated(self.step_kernels(rule))
         dtype = "float32" if self.float32 else "float64"
         step_header = _Lines()
         step_header('"""gradc generated kernels (CPU, Numba): one optimizer rule, entrywise.')
         step_header("")
         step_header(f"dtype: {dtype}; shared by every network trained with this rule.")
         step_header('"""')
-        for line in ("import math", "", "import numba", "import numpy as np", ""):
-            step_header(line)
-        step_header(f"F = np.{dtype}")
-        step_source = step_header.text() + "\n\n" + steps
+        step_source = self._imports(step_header, []).text() + "\n\n" + steps
         header = self._header(
             "optimizer update and fused training epoch",
             [
@@ -1010,6 +999,12 @@ class CpuPrinter:
 _LOCAL = re.compile(
     r"\b(?:i|r|c|k|j|z|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
+
+
+def _has_blas_branch(node: MatMul) -> bool:
+    """Whether a product is printed with a BLAS branch (taken from a batch size on)."""
+    a, b = node.args
+    return a.shape[0] * a.shape[1] * b.shape[1] >= BLAS_MIN_MACS
 
 
 def _batched_vector(node: Node) -> bool:

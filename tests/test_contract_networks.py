@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import sympy as sp
 from reference import (
+    RefAdam,
+    RefSGD,
     assert_dicts_close,
+    clip_grads,
     copy_params,
     finite_diff,
     layers_from_params,
@@ -480,3 +483,55 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion():
             want = {k: want[k] - lr * g[k] for k in want}
         assert len(hist.loss) == -(-16 // bs)
         assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"fit batch {bs}")
+
+
+@pytest.mark.parametrize(
+    "widths, acts, loss_name, dtype, optimizer",
+    [
+        ([3, 4, 2], ["sigmoid", "sigmoid"], "mse", "float64", "sgd"),
+        ([3, 4, 2], ["relu", "identity"], "softmax_cross_entropy", "float64", "adam"),
+        ([5, 9, 3], ["tanh", "identity"], "softmax_cross_entropy", "float64", "sgd"),
+        ([6, 12, 2], ["tanh", "sigmoid"], "mse", "float32", "adam"),
+    ],
+)
+def test_batch_innermost_kernel_against_the_delta_recursion(
+    widths, acts, loss_name, dtype, optimizer
+):
+    """Narrow networks trained at a batch of 8 or more run the batch-innermost
+    kernel (kernels/cpu_lanes.py): 21 rows in batches of 8, 8 and 5, two epochs,
+    with clip_norm, replayed with the NumPy δ recursion and the reference rules;
+    then one shuffled full-batch step (the gathered order does not change a
+    full-batch gradient)."""
+    net, values = _net_and_params(widths, acts, seed=17, scale=0.6)
+    loss_fn = gc.mse if loss_name == "mse" else gc.softmax_cross_entropy
+    prog = gc.compile(net, loss=loss_fn, dtype=dtype)
+    assert "train_lanes" in prog.source
+    names = _layer_names(net)
+    X, Y = _data(widths, loss_name, 21, 17)
+    X, Y = X.astype(dtype), Y.astype(dtype)
+    make = {
+        "sgd": (lambda: gc.SGD(0.2), lambda: RefSGD(0.2)),
+        "adam": (lambda: gc.Adam(0.05), lambda: RefAdam(0.05)),
+    }[optimizer]
+    clip = 0.5
+    params = prog.init(values)
+    hist = prog.fit(
+        params, X, Y, optimizer=make[0](), epochs=2, batch_size=8, shuffle=False, clip_norm=clip
+    )
+    assert "train_lanes" in prog.timings  # the kernel under test ran
+    ref, want, losses = make[1](), {k: np.array(v, float) for k, v in values.items()}, []
+    X64, Y64 = X.astype(float), Y.astype(float)
+    for _ in range(2):
+        for s in range(0, 21, 8):
+            loss, g = mlp_grad_dict(want, names, acts, X64[s : s + 8], Y64[s : s + 8], loss_name)
+            losses.append(loss)
+            want = ref.step(want, clip_grads(g, clip))
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(hist.loss, losses, rtol=tol)
+    assert_dicts_close(params, want, rtol=tol, atol=tol * 1e-3, what=f"lanes {widths} {dtype}")
+
+    params = prog.init(values)
+    prog.fit(params, X, Y, optimizer=gc.SGD(0.2), epochs=1, batch_size=21, shuffle=True, seed=3)
+    _, g = mlp_grad_dict(values, names, acts, X64, Y64, loss_name)
+    want = {k: np.array(values[k], float) - 0.2 * g[k] for k in values}
+    assert_dicts_close(params, want, rtol=tol, atol=tol * 1e-3, what="lanes, shuffled full batch")

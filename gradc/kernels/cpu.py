@@ -91,6 +91,8 @@ class OptimizerKernels:
     update_args: list[str]
     train_args: list[str]
     step_source: str  # load before module_source: it imports step_entries from it
+    # arguments of ``train_lanes`` (the batch-innermost kernel, cpu_lanes.py), if printed
+    lanes_args: list[str] | None = None
 
 
 class CpuPrinter:
@@ -801,8 +803,46 @@ class CpuPrinter:
         args += full + self.param_names() + states + gather
         args += self.value_names() + self.delta_names() + self.grad_names() + ["losses", "gnorms"]
         out = _Lines()
-        out(_DECORATOR)
-        out(f"def train({', '.join(args)}):")
+        with self.train_loop(out, "train", args):
+            if data:
+                out("if shuffle:")
+                with out.indent():
+                    for buf, big in zip(gather, full):
+                        out(f"gather_rows({buf}, {big}, perm, lo, n)")
+                    for name, buf in zip(data, gather):
+                        out(f"{name} = {buf}[:n]")
+                out("else:")
+                with out.indent():
+                    for name, big in zip(data, full):
+                        out(f"{name} = {big}[lo:lo + n]")
+            fused = self.fused_gradients()
+            grads = self.deriv.grads
+            skip = frozenset(grads[k].id for k in fused)
+            if self.one_sample_pass(skip):
+                out("# ---- forward and backward, one sample at a time")
+                self.forward_backward_body(out, skip)
+                out("losses[step - start] = loss")
+                out("if not math.isfinite(loss):  # nothing was updated yet")
+                with out.indent():
+                    out("return 1, step")
+            else:
+                out("# ---- forward")
+                self.forward_body(out)
+                out("losses[step - start] = loss")
+                out("if not math.isfinite(loss):")
+                with out.indent():
+                    out("return 1, step")
+                out("# ---- backward")
+                self.backward_body(out, skip)
+            self.norms_and_update(out, rule, fused)
+        return out.text(), args
+
+    @contextmanager
+    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = ""):
+        """A training kernel's signature and step loop; the body goes inside the loop
+        (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch)."""
+        out(decorator or _DECORATOR)
+        out(f"def {name}({', '.join(args)}):")
         with out.indent():
             out('"""Steps start..stop of one epoch of mini-batches, without returning to Python.')
             out("")
@@ -818,69 +858,47 @@ class CpuPrinter:
                 out("lo = (step % nbatches) * bs")
                 out("n = min(bs, nrows - lo)")
                 out("inv_n = F(1.0) / F(n)")
-                if data:
-                    out("if shuffle:")
-                    with out.indent():
-                        for buf, big in zip(gather, full):
-                            out(f"gather_rows({buf}, {big}, perm, lo, n)")
-                        for name, buf in zip(data, gather):
-                            out(f"{name} = {buf}[:n]")
-                    out("else:")
-                    with out.indent():
-                        for name, big in zip(data, full):
-                            out(f"{name} = {big}[lo:lo + n]")
-                fused = self.fused_gradients()
-                grads = self.deriv.grads
-                skip = frozenset(grads[k].id for k in fused)
-                if self.one_sample_pass(skip):
-                    out("# ---- forward and backward, one sample at a time")
-                    self.forward_backward_body(out, skip)
-                    out("losses[step - start] = loss")
-                    out("if not math.isfinite(loss):  # nothing was updated yet")
-                    with out.indent():
-                        out("return 1, step")
-                else:
-                    out("# ---- forward")
-                    self.forward_body(out)
-                    out("losses[step - start] = loss")
-                    out("if not math.isfinite(loss):")
-                    with out.indent():
-                        out("return 1, step")
-                    out("# ---- backward")
-                    self.backward_body(out, skip)
-                out("# ---- gradient norms (History, clip_norm, divergence check)")
-                out("total = 0.0")
-                if fused:
-                    out("if n == 1:  # ‖δ₀·x₀ᵀ‖² = ‖δ₀‖²·‖x₀‖²: no gradient buffer to read")
-                    with out.indent():
-                        for k, (a, b) in fused.items():
-                            self._outer_norm(out, k, a, b)
-                    out("else:")
-                    with out.indent():
-                        for k in fused:
-                            self.statement(out, grads[k])
-                            self._buffer_norm(out, k)
-                rest = [k for k in range(len(g.params)) if k not in fused]
-                if rest:  # squared: the roots are taken outside
-                    out(
-                        f"total += sum_squares_into(gnorms[step - start], {_tuple(rest)}, "
-                        f"{_tuple(f'g{k}' for k in rest)})"
-                    )
-                out("if not math.isfinite(total):")
-                with out.indent():
-                    out("return 2, step")
-                out("scale = F(1.0)")
-                out("if clip > 0.0 and math.sqrt(total) > clip:")
-                with out.indent():
-                    out("scale = F(clip / math.sqrt(total))")
-                out("t = F(opt_step + step - start + 1)")
-                out("# ---- update")
-                self.update_body(out, rule, fused)
-                out("if bad:")
-                with out.indent():
-                    out("return 3, step")
+                yield
             out("return 0, stop")
-        return out.text(), args
+
+    def norms_and_update(
+        self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]
+    ) -> None:
+        """The end of a training step: gradient norms (History, clip_norm, the
+        divergence check), then the update; returns status 2 or 3 when they fail."""
+        g = self.deriv.graph
+        grads = self.deriv.grads
+        out("# ---- gradient norms (History, clip_norm, divergence check)")
+        out("total = 0.0")
+        if fused:
+            out("if n == 1:  # ‖δ₀·x₀ᵀ‖² = ‖δ₀‖²·‖x₀‖²: no gradient buffer to read")
+            with out.indent():
+                for k, (a, b) in fused.items():
+                    self._outer_norm(out, k, a, b)
+            out("else:")
+            with out.indent():
+                for k in fused:
+                    self.statement(out, grads[k])
+                    self._buffer_norm(out, k)
+        rest = [k for k in range(len(g.params)) if k not in fused]
+        if rest:  # squared: the roots are taken outside
+            out(
+                f"total += sum_squares_into(gnorms[step - start], {_tuple(rest)}, "
+                f"{_tuple(f'g{k}' for k in rest)})"
+            )
+        out("if not math.isfinite(total):")
+        with out.indent():
+            out("return 2, step")
+        out("scale = F(1.0)")
+        out("if clip > 0.0 and math.sqrt(total) > clip:")
+        with out.indent():
+            out("scale = F(clip / math.sqrt(total))")
+        out("t = F(opt_step + step - start + 1)")
+        out("# ---- update")
+        self.update_body(out, rule, fused)
+        out("if bad:")
+        with out.indent():
+            out("return 3, step")
 
     def _buffer_norm(self, out: _Lines, k: int) -> None:
         out(f"sq = sum_squares(g{k})")
@@ -976,8 +994,16 @@ class CpuPrinter:
             header(f"{name} = np.array({value.tolist()!r}, dtype=F)")
         header("")
         parts = {"update": _decorated(upd), "train": _decorated(trn)}
+        # imported here: cpu_lanes builds on this module's printer
+        from .cpu_lanes import LanesPrinter, lanes_eligible
+
+        lanes_args = None
+        if lanes_eligible(self):
+            parts["train_lanes"], lanes_args = LanesPrinter(self.deriv, dtype).train_kernel(rule)
         text = header.text() + "\n" + "\n\n".join(parts.values())
-        return OptimizerKernels(text, {"step": steps, **parts}, upd_args, trn_args, step_source)
+        return OptimizerKernels(
+            text, {"step": steps, **parts}, upd_args, trn_args, step_source, lanes_args
+        )
 
     def output_view(self) -> tuple[str, bool] | None:
         """(storage name, transposed) of the spec's output, for ``predict``."""
@@ -997,7 +1023,7 @@ class CpuPrinter:
 
 # names of statement-local variables in generated code (renamed per statement)
 _LOCAL = re.compile(
-    r"\b(?:i|r|c|k|j|z|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
+    r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
 
 
@@ -1027,7 +1053,8 @@ def _transposed(operand: str) -> str:
 _DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "fill_zero, fill_zero_each, gather_rows, matmul, shuffle_rows, sum_squares, sum_squares_into, vexp"
+    "fill_zero, fill_zero_each, gather_columns, gather_rows, matmul, shuffle_rows, sum_squares,"
+    " sum_squares_into, vexp"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the
 # call, so it is compiled without Numba's reference counting: a third less

@@ -16,6 +16,7 @@ __all__ = [
     "fill_zero",
     "fill_zero_each",
     "gather_rows",
+    "gather_columns",
     "shuffle_rows",
     "sum_squares",
     "sum_squares_into",
@@ -106,6 +107,16 @@ def gather_rows(dst, src, perm, lo, n):
         row = perm[lo + i]
         for j in range(src.shape[1]):
             dst[i, j] = src[row, j]
+
+
+@numba.njit(**_LIGHT)
+def gather_columns(dst, src, perm, lo, n, shuffle):
+    """dst[:, i] = src[row] for i < n, row = perm[lo + i] (or lo + i unshuffled): one
+    mini-batch with the sample index innermost, for the batch-innermost kernels."""
+    for i in range(n):
+        row = perm[lo + i] if shuffle else lo + i
+        for j in range(src.shape[1]):
+            dst[j, i] = src[row, j]
 
 
 @numba.njit(**_LIGHT)

@@ -20,6 +20,7 @@ from ..errors import GradcError
 from ..graph.lower import Graph
 from ..kernels.cache import load_module
 from ..kernels.cpu import CpuKernels
+from ..kernels.cpu_lanes import LANES_MIN_BATCH
 from ..spec.model import Spec
 from ..spec.optimizers import SGD, Optimizer
 from .data import data_arrays, key_name, param_array
@@ -326,6 +327,15 @@ class Program:
             ns.update({f"s{k}_{j}": s for j, s in enumerate(st)})
         ns.update(perm=np.arange(nrows, dtype=np.int64), hp=hp, clip=clip, nrows=nrows, bs=bs)
         ns["shuffle"] = plan.shuffle
+        train_name, train_args = "train", okern.train_args
+        if okern.lanes_args is not None and bs >= LANES_MIN_BATCH:
+            # a narrow network at a batch of several: the batch-innermost kernel
+            # (kernels/cpu_lanes.py) on transposed (entries, batch) buffers
+            train_name, train_args = "train_lanes", okern.lanes_args
+            batched = [(b.name, b.shape[0] * b.shape[1]) for b in self.kernels.buffers if b.batched]
+            batched += [(name, d.shape[1]) for name, d in zip(self._data_names(), data)]
+            ns.update({f"{name}T": np.zeros((size, bs), self.dtype) for name, size in batched})
+        train = getattr(omod, train_name)
 
         history = History()
         losses, norms, epoch_losses, path = [], [], [], []
@@ -354,15 +364,13 @@ class Program:
                         losses=l_out,
                         gnorms=n_out,
                     )
-                    status, at = self._timed_call(
-                        "train", omod.train, [ns[a] for a in okern.train_args]
-                    )
+                    status, at = self._timed_call(train_name, train, [ns[a] for a in train_args])
                     ran = (at if status else stop) - start
                     if status == 3:  # undo the failed step: replay the good ones from the backup
                         for dst, src in zip(p + [s for st in states for s in st], backup):
                             dst[...] = src
                         ns.update(stop=at)
-                        omod.train(*[ns[a] for a in okern.train_args])
+                        train(*[ns[a] for a in train_args])
                     self._advance_opt(opt, ran)
                     losses.append(l_out[:ran])
                     norms.append(n_out[:ran])

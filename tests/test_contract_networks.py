@@ -24,6 +24,7 @@ from reference import (
 )
 
 import gradc as gc
+from gradc.kernels.runtime import shuffle_rows
 
 # ======================================================================
 # the 3-4-2 sigmoid network, form (c)
@@ -483,6 +484,18 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion():
             want = {k: want[k] - lr * g[k] for k in want}
         assert len(hist.loss) == -(-16 // bs)
         assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"fit batch {bs}")
+    # shuffled, batch of one, two epochs: each sweep over W1 also forms the next
+    # sample's W1·x (the sample order is fit's documented seeded shuffle)
+    params = prog.init(values)
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr), epochs=2, batch_size=1, seed=5)
+    want = {k: np.array(v, float) for k, v in values.items()}
+    for epoch in range(2):
+        perm = np.arange(16)
+        shuffle_rows(perm, 16, np.uint64((5 * 1_000_003 + epoch) % 2**63))
+        for s in perm:
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + 1], Y[s : s + 1])
+            want = {k: want[k] - lr * g[k] for k in want}
+    assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what="fit batch 1, shuffled")
 
 
 @pytest.mark.parametrize(

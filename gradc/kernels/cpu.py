@@ -67,6 +67,15 @@ class Buffer:
 
 
 @dataclass
+class Ahead:
+    """A product ``param · input`` that a batch-of-one update sweep forms one step ahead."""
+
+    param: int  # index of the parameter
+    product: Node  # the forward MatMul W·x
+    input: Leaf  # the data input x
+
+
+@dataclass
 class CpuKernels:
     """The printed forward/backward module and what the Program needs to call it."""
 
@@ -110,6 +119,7 @@ class CpuPrinter:
         self.comment_names: dict[int, str] = {}
         self._scopes = 0
         self._group: list[str] | None = None  # buffers the sample loop being printed zeroes
+        self._ahead: Ahead | None = None  # training kernel: a product formed a step ahead
         self._name_everything()
 
     # -- naming --------------------------------------------------------------
@@ -244,6 +254,16 @@ class CpuPrinter:
         method = getattr(self, f"_print_{type(node).__name__}", None)
         if method is None:
             raise GradcError(f"no CPU kernel form for node kind {type(node).__name__}")
+        if self._ahead is not None and node.id == self._ahead.product.id:
+            # at a batch of one, the previous step's update sweep formed it already
+            out("if not ahead:")
+            with out.indent():
+                self.statement_only(out, node, method)
+            out("ahead = False")
+            return
+        self.statement_only(out, node, method)
+
+    def statement_only(self, out: _Lines, node: Node, method) -> None:
         with self.scope(out, keep=("i",) if self._group is not None else ()) as inner:
             method(inner, node)
 
@@ -648,7 +668,22 @@ class CpuPrinter:
             a, b = fused[k]
             out(f"if n == 1:  # {comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep")
             with out.indent():
-                out(f"bad += step_outer(p{k}, {self._row(a)}, {self._row(b)}{states}, {knobs})")
+                outer = f"p{k}, {self._row(a)}, {self._row(b)}"
+                ahead = self._ahead
+                if ahead is not None and ahead.param == k:
+                    out("if bs == 1 and step + 1 < stop:  # and the next sample's W·x")
+                    with out.indent():
+                        out("nxt = ((step + 1) % nbatches) * bs")
+                        out("row = perm[nxt] if shuffle else nxt")
+                        data = f"{self.name(ahead.input).upper()}[row]"
+                        dot = f"{data}, {self.name(ahead.product)}[0]"
+                        out(f"bad += step_outer_dot({outer}, {dot}{states}, {knobs})")
+                        out("ahead = True")
+                    out("else:")
+                    out.depth += 1
+                out(f"bad += step_outer({outer}{states}, {knobs})")
+                if ahead is not None and ahead.param == k:
+                    out.depth -= 1
             out("else:")
             with out.indent():
                 out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
@@ -678,9 +713,18 @@ class CpuPrinter:
         for name, grad_args, doc in (
             ("step_entries", ["g"], "the gradient in ``g``"),
             ("step_outer", ["a", "b"], "the gradient a[r]·b[c] (a batch of one)"),
+            (
+                "step_outer_dot",
+                ["a", "b", "xn", "zn"],
+                "the gradient a[r]·b[c] (a batch of one); also zn = p·xn with the new\n"
+                "    values (the next sample's product, while p is in cache)",
+            ),
         ):
+            outer = name != "step_entries"
+            dot = name == "step_outer_dot"
             out = _Lines()
-            out(_DECORATOR)
+            # the dot product along a row vectorises only if its sum may be reassociated
+            out(_DECORATOR_REASSOC if dot else _DECORATOR)
             out(f"def {name}({', '.join(['p', *grad_args, *states, *knobs])}):")
             with out.indent():
                 out(f'"""The optimizer rule on every entry of ``p``, {doc}."""')
@@ -690,12 +734,18 @@ class CpuPrinter:
                 out("bad = False" if self.float32 else "bad = 0")
                 out("for r in range(p.shape[0]):")
                 with out.indent():
-                    if name == "step_outer":
+                    if outer:
                         out("av = a[r] * scale")
+                    if dot:
+                        out(f"acc = {self.scalar._num(0)}")
                     out("for c in range(p.shape[1]):")
                     with out.indent():
-                        grad = "av * b[c]" if name == "step_outer" else "g[r, c] * scale"
+                        grad = "av * b[c]" if outer else "g[r, c] * scale"
                         self._update_entry(out, form, r="r", c="c", grad=grad)
+                        if dot:
+                            out("acc += p[r, c] * xn[c]")
+                    if dot:
+                        out("zn[r] = acc")
                 out("return bad")
             parts.append(out.text())
         out = _Lines()
@@ -802,8 +852,11 @@ class CpuPrinter:
         args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
         args += full + self.param_names() + states + gather
         args += self.value_names() + self.delta_names() + self.grad_names() + ["losses", "gnorms"]
+        fused = self.fused_gradients()
+        self._ahead = self.product_ahead(fused)
+        before = ["ahead = False  # W·x of this step's sample formed in the last update"]
         out = _Lines()
-        with self.train_loop(out, "train", args):
+        with self.train_loop(out, "train", args, before=before if self._ahead else ()):
             if data:
                 out("if shuffle:")
                 with out.indent():
@@ -815,7 +868,6 @@ class CpuPrinter:
                 with out.indent():
                     for name, big in zip(data, full):
                         out(f"{name} = {big}[lo:lo + n]")
-            fused = self.fused_gradients()
             grads = self.deriv.grads
             skip = frozenset(grads[k].id for k in fused)
             if self.one_sample_pass(skip):
@@ -835,10 +887,33 @@ class CpuPrinter:
                 out("# ---- backward")
                 self.backward_body(out, skip)
             self.norms_and_update(out, rule, fused)
+        self._ahead = None
         return out.text(), args
 
+    def product_ahead(self, fused: dict[int, tuple[Node, Node]]) -> Ahead | None:
+        """A first-layer product W·x whose W is updated in a batch-of-one sweep
+        (``fused``): that sweep can form the next sample's W·x with the new values
+        while W is in cache, so a step reads W once instead of twice."""
+        for k, (_, b) in fused.items():
+            x = b.args[0] if isinstance(b, Transpose) else b
+            if not (isinstance(x, Leaf) and x.role == "input"):
+                continue
+            p = self.deriv.graph.params[k]
+            for node in self.deriv.forward:
+                if (
+                    isinstance(node, MatMul)
+                    and not node.contract
+                    and node.batched
+                    and node.args[0].id == p.id
+                    and node.args[1].id == x.id
+                    and node.id in self.names
+                    and 1 in node.shape
+                ):
+                    return Ahead(k, node, x)
+        return None
+
     @contextmanager
-    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = ""):
+    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = "", before=()):
         """A training kernel's signature and step loop; the body goes inside the loop
         (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch)."""
         out(decorator or _DECORATOR)
@@ -853,6 +928,8 @@ class CpuPrinter:
             with out.indent():
                 out("shuffle_rows(perm, nrows, seed)")
             out("nbatches = (nrows + bs - 1) // bs")
+            for line in before:
+                out(line)
             out("for step in range(start, stop):")
             with out.indent():
                 out("lo = (step % nbatches) * bs")
@@ -987,7 +1064,8 @@ class CpuPrinter:
             "optimizer update and fused training epoch",
             [
                 _RUNTIME_IMPORT,
-                f"from {module_name(step_source)} import step_each, step_entries, step_outer",
+                f"from {module_name(step_source)} import "
+                "step_each, step_entries, step_outer, step_outer_dot",
             ],
         )
         for name, value in self.consts:
@@ -1062,6 +1140,12 @@ _RUNTIME_IMPORT = (
 # (runtime.matmul, i.e. np.dot) needs it: Numba compiles the callee with the
 # caller's flags.
 _DECORATOR_NO_NRT = '@numba.njit(cache=True, error_model="numpy", _nrt=False)'
+
+
+# reassoc (and FMA contraction) only: no nnan/ninf, the non-finite checks stay exact
+_DECORATOR_REASSOC = (
+    '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False)'
+)
 
 
 def _decorated(kernel: str) -> str:

@@ -31,7 +31,7 @@ from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node
 from ..spec.optimizers import UpdateRule
 from .common import Lines as _Lines
 from .common import map_expression
-from .cpu import CpuPrinter, _has_blas_branch
+from .cpu import _DECORATOR_REASSOC, CpuPrinter, _has_blas_branch
 
 __all__ = ["LANES_MIN_BATCH", "LanesPrinter", "lanes_eligible"]
 
@@ -39,11 +39,6 @@ __all__ = ["LANES_MIN_BATCH", "LanesPrinter", "lanes_eligible"]
 LANES_MIN_BATCH = 8
 # Products over at most this many terms are one unrolled expression per batch loop.
 UNROLL_MAX = 8
-# reassoc: batch sums vectorise (a strict left-to-right sum cannot);
-# contract: multiply-adds fuse. No nnan/ninf: the kernel checks for non-finite values.
-_LANES_DECORATOR = (
-    '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False)'
-)
 
 
 def lanes_eligible(printer: CpuPrinter) -> bool:
@@ -230,7 +225,8 @@ class LanesPrinter(CpuPrinter):
         args += [*self.grad_names(), "losses", "gnorms"]
         loss = g.loss
         out = _Lines()
-        with self.train_loop(out, "train_lanes", args, _LANES_DECORATOR):
+        # reassociation lets the batch sums vectorise (a strict left-to-right sum cannot)
+        with self.train_loop(out, "train_lanes", args, _DECORATOR_REASSOC):
             for name in data:
                 out(f"gather_columns({name}T, {name.upper()}, perm, lo, n, shuffle)")
             out("# ---- forward and backward, the batch innermost")

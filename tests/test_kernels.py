@@ -186,8 +186,23 @@ def test_vexp_matches_numpy_exp_to_one_ulp():
     apply(special, out)
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(out, np.exp(special))
-    x32 = rng.standard_normal(1000).astype(np.float32)
+    # float32 (its own single-precision code): against the exact exp, in float32 ulps
+    x32 = np.concatenate([rng.uniform(-110, 90, 200_000), rng.standard_normal(100_000) * 3])
+    x32 = x32.astype(np.float32)
     y32 = np.empty_like(x32)
     apply(x32, y32)
     assert y32.dtype == np.float32
-    np.testing.assert_allclose(y32, np.exp(x32.astype(float)), rtol=1.2e-7)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x32.astype(float))
+    want32 = exact.astype(np.float32)
+    normal = np.isfinite(want32) & (want32 > np.finfo(np.float32).tiny)
+    ulps = np.abs(y32[normal] - exact[normal]) / np.spacing(want32[normal])
+    assert ulps.max() <= 1.0
+    tiny = want32 <= np.finfo(np.float32).tiny
+    assert np.all(np.abs(y32[tiny] - exact[tiny]) <= 1.5e-45)
+    np.testing.assert_array_equal(np.isinf(y32), np.isinf(want32))
+    special = special.astype(np.float32)
+    out = np.empty_like(special)
+    apply(special, out)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(out, np.exp(special))

@@ -23,7 +23,7 @@ from ..kernels.cpu import CpuKernels
 from ..kernels.cpu_lanes import LANES_MIN_BATCH
 from ..spec.model import Spec
 from ..spec.optimizers import SGD, Optimizer
-from .data import data_arrays, key_name, param_array
+from .data import all_finite, data_arrays, key_name, param_array
 from .health import warn_if_unhealthy
 from .history import History
 from .init import initial_values
@@ -88,6 +88,7 @@ class Program:
         self._module = None
         self._opt_modules: dict[tuple, tuple] = {}
         self._workspaces: dict[int, dict[str, np.ndarray]] = {}
+        self._fit_arrays: dict[tuple, list[np.ndarray]] = {}
         self._param_names = [p.label for p in graph.params]
 
     # -- kernels ---------------------------------------------------------------
@@ -132,6 +133,17 @@ class Program:
             sys.setrecursionlimit(limit)
         self.timings[name] = time.perf_counter() - start
         return result
+
+    def _fit_buffers(self, role: str, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """Arrays of these shapes kept for fit's next call (gradients, the backup
+        that undoes a failed step); their values are not kept."""
+        key = (role, tuple(map(tuple, shapes)))
+        found = self._fit_arrays.get(key)
+        if found is None:
+            if len(self._fit_arrays) > 8:
+                self._fit_arrays.clear()
+            found = self._fit_arrays[key] = [np.empty(s, dtype=self.dtype) for s in shapes]
+        return found
 
     def _workspace(self, capacity: int) -> dict[str, np.ndarray]:
         ws = self._workspaces.get(capacity)
@@ -183,7 +195,7 @@ class Program:
             if leaf.label not in names:
                 raise GradcError(f"missing parameter {leaf.label!r} in params")
             arr = param_array(leaf, params[names[leaf.label]], self.dtype)
-            if not np.all(np.isfinite(arr)):
+            if not all_finite(arr):
                 raise GradcError(f"parameter {leaf.label!r} contains NaN or inf")
             out.append(arr)
         return out
@@ -251,7 +263,7 @@ class Program:
         """A non-finite loss or gradient from finite data is an error, not a number."""
         _finite(loss, "loss")
         for leaf, g in zip(self.graph.params, grads):
-            if not np.all(np.isfinite(g)):
+            if not all_finite(g):
                 raise GradcError(
                     f"the gradient for {leaf.label!r} is not finite at these parameters"
                 )
@@ -313,7 +325,10 @@ class Program:
         states = self._optimizer_state(opt, p)
         hp = np.array([opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype)
         ws = self._workspace(bs)
-        grads = [np.zeros(leaf.shape, dtype=self.dtype) for leaf in self.graph.params]
+        # every step writes the gradient buffers in full (or, for a batch-of-one
+        # sweep, does not read them): kept between calls, as the workspace is. A
+        # fresh 784×256 array costs more than the step (page faults on first touch).
+        grads = self._fit_buffers("grad", [leaf.shape for leaf in self.graph.params])
         ns = self._namespace(bs, p, [], ws)
         ns.update(
             {
@@ -356,7 +371,10 @@ class Program:
                     stop = min(start + chunk, in_epoch)
                     l_out = np.zeros(stop - start)
                     n_out = np.zeros((stop - start, len(p)))
-                    backup = [a.copy() for a in p] + [s.copy() for st in states for s in st]
+                    saved = p + [s for st in states for s in st]
+                    backup = self._fit_buffers("backup", [a.shape for a in saved])
+                    for dst, src in zip(backup, saved):
+                        np.copyto(dst, src)
                     ns.update(
                         start=start,
                         stop=stop,

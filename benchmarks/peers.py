@@ -670,10 +670,11 @@ def render(data: dict) -> str:
         f"Produced by `{data['command']}` (from the repository root) on {data['date']}"
         f"{' — **quick smoke run**' if data.get('quick') else ''}; "
         f"wall time {data['total_s'] / 60:.1f} min. Load average (1, 5, 15 min) at start "
-        f"{data['load_start']}, at the end {data['load_end']}: **the 2-core machine was "
-        "shared with other work (test suites, other benchmarks) while this ran; the same "
-        "code's median moved by up to 2–4× between runs at the large networks, so read "
-        "ratios near 1 as ties and compare the best-epoch table too.**",
+        f"{data['load_start']}, at the end {data['load_end']} (the benchmark itself keeps "
+        "one of the 2 cores busy: ≈ 1). **The machine is a shared virtual machine: the "
+        "same code's median moved by up to 2× between runs (3-4-2 at batch 32: 1.7 and "
+        "2.8 µs per step in two runs an hour apart on 2026-11-23, nothing else running), so read ratios "
+        "near 1 as ties and compare the best-epoch table too.**",
         "",
         "One SGD step = forward, loss, backward, update of every weight and bias, "
         f"lr = {pc.LR}; mini-batches taken in order. Cases: {', '.join(pc.KINDS[k] + f' ({k})' for k in pc.KINDS)}. "

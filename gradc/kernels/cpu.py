@@ -239,14 +239,16 @@ class CpuPrinter:
         return f"{name}[:n]" if node.batched else name
 
     @staticmethod
-    def _loops(out: _Lines, shape, names=("r", "c")):
-        """Open loops over a per-sample shape; returns index strings and depth added."""
+    def _loops(out: _Lines, shape, names=("r", "c"), bounds=None):
+        """Open loops over a per-sample shape; returns index strings and depth added.
+
+        ``bounds`` (source text per dimension) replaces the literal extents."""
         idx, depth = [], 0
-        for extent, nm in zip(shape, names):
+        for d, (extent, nm) in enumerate(zip(shape, names)):
             if extent == 1:
                 idx.append("0")
             else:
-                out(f"for {nm} in range({extent}):")
+                out(f"for {nm} in range({extent if bounds is None else bounds[d]}):")
                 out.depth += 1
                 depth += 1
                 idx.append(nm)

@@ -97,18 +97,10 @@ class LanesPrinter(CpuPrinter):
         else:
             store = self.name(node)
             bounds = (f"{store}.shape[0]", f"{store}.shape[1]")
-        idx, depth = [], 0
-        for extent, bound, nm in zip(node.shape, bounds, names):
-            if extent == 1:
-                idx.append("0")
-            else:
-                out(f"for {nm} in range({bound}):")
-                out.depth += 1
-                depth += 1
-                idx.append(nm)
-        if names != ("r", "c"):
-            idx.reverse()
-        return idx[0], idx[1], depth
+        first, second, depth = self._loops(out, node.shape, names, bounds)
+        if names != ("r", "c"):  # a transposed view: its (r, c) is the storage's (c, r)
+            first, second = second, first
+        return first, second, depth
 
     def _batch_loop(self, out: _Lines) -> None:
         out("for i in range(n):")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -156,88 +157,90 @@ _EXP_UNDERFLOW = -745.1332191019412  # below: 0
 _TAYLOR = [1.0 / math.factorial(n) for n in range(14)]  # |r| ≤ ln2/2: error < 1e-17
 
 
-def _exp_ir(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """exp(x) = 2ᵏ·exp(r), k = rint(x/ln2), r = x − k·ln2 (two-part ln2), exp(r) by a
-    degree-13 Taylor polynomial (FMA-contracted), 2ᵏ built in the exponent bits in
-    two halves so that results down to the denormals stay exact."""
-    f64, i64 = ir.DoubleType(), ir.IntType(64)
+@dataclass(frozen=True)
+class _Format:
+    """What exp's IR needs to know of a float type."""
 
-    def c(v: float) -> ir.Constant:
-        return ir.Constant(f64, v)
+    float_type: ir.Type
+    int_type: ir.IntType
+    clamp: tuple[float, float]  # inputs beyond give 0 or inf anyway
+    ln2: tuple[float, float]  # ln2 in two parts, the first with trailing zero bits
+    degree: int  # of the Taylor polynomial on |r| ≤ ln2/2
+    bias: int  # exponent bias
+    mantissa: int  # mantissa bits
+    overflow: float  # above: inf
+    underflow: float  # below: 0
 
-    fused = ("contract",)
-    rint = builder.module.declare_intrinsic("llvm.rint", [f64])
-    isnan = builder.fcmp_unordered("uno", x, x)
-    xc = builder.select(builder.fcmp_ordered("<", x, c(-746.0)), c(-746.0), x)
-    xc = builder.select(builder.fcmp_ordered(">", xc, c(710.0)), c(710.0), xc)
-    xc = builder.select(isnan, c(0.0), xc)
-    kf = builder.call(rint, [builder.fmul(xc, c(_LOG2E))])
-    r = builder.fsub(xc, builder.fmul(kf, c(_LN2_HI)))
-    r = builder.fsub(r, builder.fmul(kf, c(_LN2_LO)))
-    p = c(_TAYLOR[-1])
-    for coeff in reversed(_TAYLOR[:-1]):
-        p = builder.fadd(builder.fmul(p, r, flags=fused), c(coeff), flags=fused)
-    k = builder.sext(builder.fptosi(kf, ir.IntType(32)), i64)  # i32: AVX2 converts 4 at once
-    k1 = builder.ashr(k, ir.Constant(i64, 1))
-    bias, shift = ir.Constant(i64, 1023), ir.Constant(i64, 52)
-    s1 = builder.bitcast(builder.shl(builder.add(k1, bias), shift), f64)
-    s2 = builder.bitcast(builder.shl(builder.add(builder.sub(k, k1), bias), shift), f64)
-    y = builder.fmul(builder.fmul(p, s1), s2)
-    y = builder.select(builder.fcmp_ordered(">", x, c(_EXP_OVERFLOW)), c(math.inf), y)
-    y = builder.select(builder.fcmp_ordered("<", x, c(_EXP_UNDERFLOW)), c(0.0), y)
-    return builder.select(isnan, x, y)
+    def const(self, v: float) -> ir.Constant:
+        single = isinstance(self.float_type, ir.FloatType)
+        return ir.Constant(self.float_type, float(np.float32(v)) if single else v)
 
 
+_FLOAT64 = _Format(
+    float_type=ir.DoubleType(),
+    int_type=ir.IntType(64),
+    clamp=(-746.0, 710.0),
+    ln2=(_LN2_HI, _LN2_LO),
+    degree=13,  # error < 1e-17
+    bias=1023,
+    mantissa=52,
+    overflow=_EXP_OVERFLOW,
+    underflow=_EXP_UNDERFLOW,
+)
 # float32: the same scheme in single precision, so 8 lanes fit an AVX register
 # (widening to double halved that and doubled the polynomial): 2.5× faster per
-# element. Degree 7 (|r| ≤ ln2/2: error < 1e-8); at most 1 ulp from the exact exp.
-_LN2_HI_F32 = 0.693359375  # 9 significant bits: k·LN2_HI_F32 is exact for |k| ≤ 150
-_LN2_LO_F32 = -2.12194440e-4
-_EXP_OVERFLOW_F32 = 88.72283935546875  # above: inf
-_EXP_UNDERFLOW_F32 = -103.97208  # below: 0
+# element; at most 1 ulp from the exact exp.
+_FLOAT32 = _Format(
+    float_type=ir.FloatType(),
+    int_type=ir.IntType(32),
+    clamp=(-104.0, 89.0),
+    ln2=(0.693359375, -2.12194440e-4),  # 9 significant bits: k·ln2[0] exact for |k| ≤ 150
+    degree=7,  # error < 1e-8
+    bias=127,
+    mantissa=23,
+    overflow=88.72283935546875,
+    underflow=-103.97208,
+)
 
 
-def _exp_ir_f32(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """exp(x) for float32, as ``_exp_ir`` (exponent bits of 2ᵏ in two halves)."""
-    f32, i32 = ir.FloatType(), ir.IntType(32)
-
-    def c(v: float) -> ir.Constant:
-        return ir.Constant(f32, float(np.float32(v)))
-
+def _exp_ir(builder: ir.IRBuilder, x: ir.Value, fmt: _Format) -> ir.Value:
+    """exp(x) = 2ᵏ·exp(r), k = rint(x/ln2), r = x − k·ln2 (two-part ln2), exp(r) by a
+    Taylor polynomial (FMA-contracted), 2ᵏ built in the exponent bits in two halves
+    so that results down to the denormals stay exact."""
+    c, ity, fty = fmt.const, fmt.int_type, fmt.float_type
     fused = ("contract",)
-    rint = builder.module.declare_intrinsic("llvm.rint", [f32])
+    rint = builder.module.declare_intrinsic("llvm.rint", [fty])
     isnan = builder.fcmp_unordered("uno", x, x)
-    xc = builder.select(builder.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
-    xc = builder.select(builder.fcmp_ordered(">", xc, c(89.0)), c(89.0), xc)
+    low, high = fmt.clamp
+    xc = builder.select(builder.fcmp_ordered("<", x, c(low)), c(low), x)
+    xc = builder.select(builder.fcmp_ordered(">", xc, c(high)), c(high), xc)
     xc = builder.select(isnan, c(0.0), xc)
     kf = builder.call(rint, [builder.fmul(xc, c(_LOG2E))])
-    r = builder.fsub(xc, builder.fmul(kf, c(_LN2_HI_F32)))
-    r = builder.fsub(r, builder.fmul(kf, c(_LN2_LO_F32)))
-    p = c(_TAYLOR[7])
-    for coeff in reversed(_TAYLOR[:7]):
+    r = builder.fsub(xc, builder.fmul(kf, c(fmt.ln2[0])))
+    r = builder.fsub(r, builder.fmul(kf, c(fmt.ln2[1])))
+    p = c(_TAYLOR[fmt.degree])
+    for coeff in reversed(_TAYLOR[: fmt.degree]):
         p = builder.fadd(builder.fmul(p, r, flags=fused), c(coeff), flags=fused)
-    k = builder.fptosi(kf, i32)
-    k1 = builder.ashr(k, ir.Constant(i32, 1))
-    bias, shift = ir.Constant(i32, 127), ir.Constant(i32, 23)
-    s1 = builder.bitcast(builder.shl(builder.add(k1, bias), shift), f32)
-    s2 = builder.bitcast(builder.shl(builder.add(builder.sub(k, k1), bias), shift), f32)
+    k = builder.fptosi(kf, ir.IntType(32))  # i32: AVX2 converts 4 doubles at once
+    if ity.width != 32:
+        k = builder.sext(k, ity)
+    k1 = builder.ashr(k, ir.Constant(ity, 1))
+    bias, shift = ir.Constant(ity, fmt.bias), ir.Constant(ity, fmt.mantissa)
+    s1 = builder.bitcast(builder.shl(builder.add(k1, bias), shift), fty)
+    s2 = builder.bitcast(builder.shl(builder.add(builder.sub(k, k1), bias), shift), fty)
     y = builder.fmul(builder.fmul(p, s1), s2)
-    y = builder.select(builder.fcmp_ordered(">", x, c(_EXP_OVERFLOW_F32)), c(math.inf), y)
-    y = builder.select(builder.fcmp_ordered("<", x, c(_EXP_UNDERFLOW_F32)), c(0.0), y)
+    y = builder.select(builder.fcmp_ordered(">", x, c(fmt.overflow)), c(math.inf), y)
+    y = builder.select(builder.fcmp_ordered("<", x, c(fmt.underflow)), c(0.0), y)
     return builder.select(isnan, x, y)
 
 
 @intrinsic
 def vexp(typingctx, x):
-    """``exp(x)`` for a float32 or float64 scalar, inlined as IR (``_exp_ir``,
-    ``_exp_ir_f32``)."""
+    """``exp(x)`` for a float32 or float64 scalar, inlined as IR (see ``_exp_ir``)."""
     if not isinstance(x, types.Float):
         return None
 
     def codegen(context, builder, signature, args):
-        (v,) = args
-        if x == types.float32:
-            return _exp_ir_f32(builder, v)
-        return _exp_ir(builder, v)
+        return _exp_ir(builder, args[0], _FLOAT32 if x == types.float32 else _FLOAT64)
 
     return x(x), codegen

@@ -13,6 +13,9 @@ The module holds four kernels::
     update(hp, t, scale, [param, grad, state…] per parameter) -> all finite?
     train(start, stop, …) -> (status, step)   a whole epoch, shuffle included
 
+and, for networks too narrow for BLAS, ``train_lanes`` (same contract, the
+batch innermost; printed by ``cpu_lanes.py``).
+
 Identifiers are chosen here (``p0``, ``v3``, ``d7``, ``g1``); user symbol names
 appear only in comments, sanitised.
 """

@@ -106,6 +106,31 @@ def test_row_vector_input_scalar_param_and_weight_decay():
         assert np.allclose(g[k], fd[k], atol=1e-6)
 
 
+def test_penalty_term_in_the_batch_innermost_kernel():
+    """A parameter-only term (λ‖W‖²) has buffers that are not per sample: the
+    batch-innermost training kernel (batch ≥ 8) takes them as they are. One
+    full-batch SGD step against the closed-form gradient."""
+    x = sp.MatrixSymbol("x", 3, 1)
+    y = sp.MatrixSymbol("y", 2, 1)
+    W = sp.MatrixSymbol("W", 3, 2)
+    s = sp.Symbol("s")
+    loss = gc.sum(sp.HadamardPower(s * (x.T * W) - y.T, 2)) + sp.Rational(1, 10) * gc.sum(
+        sp.HadamardPower(W, 2)
+    )
+    prog = gc.compile(loss, params=[W, s], inputs=[x], targets=[y])
+    rng = np.random.default_rng(1)
+    W0, s0 = rng.normal(size=(3, 2)), 0.7
+    X, Y = rng.normal(size=(12, 3)), rng.normal(size=(12, 2))
+    params = {"W": W0.copy(), "s": np.array(s0)}
+    prog.fit(params, X, Y, optimizer=gc.SGD(0.1), epochs=1, shuffle=False)
+    assert "train_lanes" in prog.timings
+    resid = s0 * X @ W0 - Y
+    grad_W = 2 * s0 * X.T @ resid / 12 + 0.2 * W0
+    grad_s = 2 * np.sum(resid * (X @ W0)) / 12
+    np.testing.assert_allclose(params["W"], W0 - 0.1 * grad_W, rtol=1e-12, atol=1e-14)
+    assert float(params["s"]) == pytest.approx(s0 - 0.1 * grad_s, rel=1e-12)
+
+
 def test_several_inputs_and_predict():
     a, b, w1, w2, y = sp.symbols("a b w1 w2 y")
     yhat = w1 * a + w2 * sp.sin(b)

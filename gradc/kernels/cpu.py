@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
@@ -106,8 +106,10 @@ class OptimizerKernels:
     update_args: list[str]
     train_args: list[str]
     step_source: str  # load before module_source: it imports step_entries from it
-    # arguments of ``train_lanes`` (the batch-innermost kernel, cpu_lanes.py), if printed
+    # ``train_lanes`` (the batch-innermost kernel, cpu_lanes.py), if printed: its
+    # arguments, and its (entries, batch) buffers as name → entries per sample
     lanes_args: list[str] | None = None
+    lanes_buffers: dict[str, int] = field(default_factory=dict)
 
 
 class CpuPrinter:
@@ -677,8 +679,11 @@ class CpuPrinter:
             out(f"if n == 1:  # {comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep")
             with out.indent():
                 outer = f"p{k}, {self._row(a)}, {self._row(b)}"
+                sweep = f"bad += step_outer({outer}{states}, {knobs})"
                 ahead = self._ahead
-                if ahead is not None and ahead.param == k:
+                if ahead is None or ahead.param != k:
+                    out(sweep)
+                else:
                     out("if bs == 1 and step + 1 < stop:  # and the next sample's W·x")
                     with out.indent():
                         out("nxt = ((step + 1) % nbatches) * bs")
@@ -688,10 +693,8 @@ class CpuPrinter:
                         out(f"bad += step_outer_dot({outer}, {dot}{states}, {knobs})")
                         out("ahead = True")
                     out("else:")
-                    out.depth += 1
-                out(f"bad += step_outer({outer}{states}, {knobs})")
-                if ahead is not None and ahead.param == k:
-                    out.depth -= 1
+                    with out.indent():
+                        out(sweep)
             out("else:")
             with out.indent():
                 out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
@@ -851,20 +854,40 @@ class CpuPrinter:
         return out.text(), args
 
     def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
-        g = self.deriv.graph
-        data = self.data_names()
-        full = [n.upper() for n in data]
-        gather = [f"{n}buf" for n in data]
-        nstate = len(rule.state_names)
-        states = [f"s{k}_{j}" for k in range(len(g.params)) for j in range(nstate)]
-        args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
-        args += full + self.param_names() + states + gather
-        args += self.value_names() + self.delta_names() + self.grad_names() + ["losses", "gnorms"]
+        gather = [f"{n}buf" for n in self.data_names()]
+        args = self.train_args(rule, gather + self.value_names() + self.delta_names())
         fused = self.fused_gradients()
         self._ahead = self.product_ahead(fused)
         before = ["ahead = False  # W·x of this step's sample formed in the last update"]
         out = _Lines()
-        with self.train_loop(out, "train", args, before=before if self._ahead else ()):
+        try:
+            self._train_body(out, args, rule, fused, before if self._ahead else ())
+        finally:
+            self._ahead = None
+        return out.text(), args
+
+    def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:
+        """A training kernel's arguments: loop and optimizer scalars, the whole data,
+        parameters and optimizer state, then its own ``buffers``, gradients and outputs."""
+        nstate = len(rule.state_names)
+        nparams = len(self.deriv.graph.params)
+        states = [f"s{k}_{j}" for k in range(nparams) for j in range(nstate)]
+        args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
+        args += [n.upper() for n in self.data_names()] + self.param_names() + states
+        return [*args, *buffers, *self.grad_names(), "losses", "gnorms"]
+
+    def record_loss(self, out: _Lines) -> None:
+        """Store the step's mean loss; stop (status 1) before any update if it is not finite."""
+        out("losses[step - start] = loss")
+        out("if not math.isfinite(loss):  # nothing was updated yet")
+        with out.indent():
+            out("return 1, step")
+
+    def _train_body(self, out: _Lines, args, rule: UpdateRule, fused, before) -> None:
+        data = self.data_names()
+        full = [n.upper() for n in data]
+        gather = [f"{n}buf" for n in data]
+        with self.train_loop(out, "train", args, before=before):
             if data:
                 out("if shuffle:")
                 with out.indent():
@@ -881,22 +904,14 @@ class CpuPrinter:
             if self.one_sample_pass(skip):
                 out("# ---- forward and backward, one sample at a time")
                 self.forward_backward_body(out, skip)
-                out("losses[step - start] = loss")
-                out("if not math.isfinite(loss):  # nothing was updated yet")
-                with out.indent():
-                    out("return 1, step")
+                self.record_loss(out)
             else:
                 out("# ---- forward")
                 self.forward_body(out)
-                out("losses[step - start] = loss")
-                out("if not math.isfinite(loss):")
-                with out.indent():
-                    out("return 1, step")
+                self.record_loss(out)
                 out("# ---- backward")
                 self.backward_body(out, skip)
             self.norms_and_update(out, rule, fused)
-        self._ahead = None
-        return out.text(), args
 
     def product_ahead(self, fused: dict[int, tuple[Node, Node]]) -> Ahead | None:
         """A first-layer product W·x whose W is updated in a batch-of-one sweep
@@ -950,7 +965,8 @@ class CpuPrinter:
         self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]
     ) -> None:
         """The end of a training step: gradient norms (History, clip_norm, the
-        divergence check), then the update; returns status 2 or 3 when they fail."""
+        divergence check), then the update; the printed code returns status 2 or 3
+        when they fail."""
         g = self.deriv.graph
         grads = self.deriv.grads
         out("# ---- gradient norms (History, clip_norm, divergence check)")
@@ -1083,12 +1099,20 @@ class CpuPrinter:
         # imported here: cpu_lanes builds on this module's printer
         from .cpu_lanes import LanesPrinter, lanes_eligible
 
-        lanes_args = None
+        lanes_args, lanes_buffers = None, {}
         if lanes_eligible(self):
-            parts["train_lanes"], lanes_args = LanesPrinter(self.deriv, dtype).train_kernel(rule)
+            lanes = LanesPrinter(self.deriv, dtype)
+            parts["train_lanes"], lanes_args = lanes.train_kernel(rule)
+            lanes_buffers = lanes.lanes_buffers()
         text = header.text() + "\n" + "\n\n".join(parts.values())
         return OptimizerKernels(
-            text, {"step": steps, **parts}, upd_args, trn_args, step_source, lanes_args
+            text,
+            {"step": steps, **parts},
+            upd_args,
+            trn_args,
+            step_source,
+            lanes_args,
+            lanes_buffers,
         )
 
     def output_view(self) -> tuple[str, bool] | None:

@@ -5,17 +5,18 @@ layer of 3 or 4 units fills no SIMD register, so its loops run scalar, and
 each sigmoid calls libm. Here every per-sample buffer is stored transposed,
 (entries, batch), and every statement loops over the batch *innermost*::
 
-    for r in range(4):                     # δz1[r] for the whole batch at once
-        a1_0 = p2[0, r]                    #   (loop-invariant loads hoisted)
+    for r in range(d1T.shape[0]):          # δa1[r] for the whole batch at once
+        wa0 = p2[0, r]                     #   (loop-invariant loads hoisted)
+        wa1 = p2[1, r]
         for i in range(n):
-            d2T[r, i] = ...
+            d1T[r, i] = wa0 * d0T[0, i] + wa1 * d0T[1, i]
 
 so LLVM vectorises along the batch (4 doubles, or 8 floats, per instruction)
 whatever the layer widths, ``vexp`` included, and batch sums become
 vectorised reductions (the kernel allows floating-point reassociation; the
 sums' rounding then differs from a sequential sum by a few ulp). Measured on
-3-4-2 (benchmarks/results/peers.md): 3× faster than the sample-at-a-time
-kernel from batch 32.
+3-4-2, the two kernels side by side in one process: 2.2× faster at batch 32,
+2.7× at batch 256 (benchmarks/results/peers.md has the whole fit against peers).
 
 Only the training kernel has this form, and only networks whose every product
 is below the BLAS threshold use it (``lanes_eligible``); the Program calls it
@@ -72,7 +73,7 @@ class LanesPrinter(CpuPrinter):
     def elem(self, node: Node, i: str, r, c) -> str:
         if isinstance(node, Transpose):
             return self.elem(node.args[0], i, c, r)
-        if node.batched and not (isinstance(node, Leaf) and node.role == "seed"):
+        if _per_sample(node):
             flat = r if node.shape[1] == 1 else c
             return f"{self.name(node)}T[{flat}, {i}]"
         return super().elem(node, i, r, c)
@@ -234,18 +235,20 @@ class LanesPrinter(CpuPrinter):
         out.depth -= 2 + d
 
     # -- the kernel ------------------------------------------------------------
+    def lanes_buffers(self) -> dict[str, int]:
+        """The kernel's (entries, batch) buffers: name → entries per sample."""
+        g = self.deriv.graph
+        per_sample = [(self.name(x), x.size) for x in g.inputs + g.targets]
+        per_sample += [(b.name, b.shape[0] * b.shape[1]) for b in self.buffers if b.batched]
+        return {f"{name}T": size for name, size in per_sample}
+
     def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
         """``train_lanes``: ``train``'s signature with the data gathered into
         ``<name>T`` (entries, batch) and every per-sample buffer stored that way."""
-        g = self.deriv.graph
         data = self.data_names()
-        nstate = len(rule.state_names)
-        states = [f"s{k}_{j}" for k in range(len(g.params)) for j in range(nstate)]
-        args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
-        args += [n.upper() for n in data] + self.param_names() + states
-        args += [f"{n}T" for n in data + self.value_names() + self.delta_names()]
-        args += [*self.grad_names(), "losses", "gnorms"]
-        loss = g.loss
+        shared = [b.name for b in self.buffers if not b.batched]  # e.g. ‖W‖² of a penalty
+        args = self.train_args(rule, [*self.lanes_buffers(), *shared])
+        loss = self.deriv.graph.loss
         out = _Lines()
         # reassociation lets the batch sums vectorise (a strict left-to-right sum cannot)
         with self.train_loop(out, "train_lanes", args, _DECORATOR_REASSOC):
@@ -260,9 +263,6 @@ class LanesPrinter(CpuPrinter):
                 inner(f"loss += {self.elem(loss, 'i', 0, 0)}")
                 inner.depth -= 1
             out("loss = loss * inv_n")
-            out("losses[step - start] = loss")
-            out("if not math.isfinite(loss):  # nothing was updated yet")
-            with out.indent():
-                out("return 1, step")
+            self.record_loss(out)
             self.norms_and_update(out, rule, {})
         return out.text(), args

@@ -347,10 +347,16 @@ class Program:
             # a narrow network at a batch of several: the batch-innermost kernel
             # (kernels/cpu_lanes.py) on transposed (entries, batch) buffers
             train_name, train_args = "train_lanes", okern.lanes_args
-            batched = [(b.name, b.shape[0] * b.shape[1]) for b in self.kernels.buffers if b.batched]
-            batched += [(name, d.shape[1]) for name, d in zip(self._data_names(), data)]
-            ns.update({f"{name}T": np.zeros((size, bs), self.dtype) for name, size in batched})
+            ns.update(
+                {
+                    name: np.zeros((size, bs), self.dtype)
+                    for name, size in okern.lanes_buffers.items()
+                }
+            )
         train = getattr(omod, train_name)
+        # what a failed step's undo restores: parameters and optimizer state
+        saved = p + [s for st in states for s in st]
+        backup = self._fit_buffers("backup", [a.shape for a in saved])
 
         history = History()
         losses, norms, epoch_losses, path = [], [], [], []
@@ -371,8 +377,6 @@ class Program:
                     stop = min(start + chunk, in_epoch)
                     l_out = np.zeros(stop - start)
                     n_out = np.zeros((stop - start, len(p)))
-                    saved = p + [s for st in states for s in st]
-                    backup = self._fit_buffers("backup", [a.shape for a in saved])
                     for dst, src in zip(backup, saved):
                         np.copyto(dst, src)
                     ns.update(
@@ -385,8 +389,8 @@ class Program:
                     status, at = self._timed_call(train_name, train, [ns[a] for a in train_args])
                     ran = (at if status else stop) - start
                     if status == 3:  # undo the failed step: replay the good ones from the backup
-                        for dst, src in zip(p + [s for st in states for s in st], backup):
-                            dst[...] = src
+                        for dst, src in zip(saved, backup):
+                            np.copyto(dst, src)
                         ns.update(stop=at)
                         train(*[ns[a] for a in train_args])
                     self._advance_opt(opt, ran)

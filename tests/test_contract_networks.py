@@ -548,3 +548,51 @@ def test_batch_innermost_kernel_against_the_delta_recursion(
     _, g = mlp_grad_dict(values, names, acts, X64, Y64, loss_name)
     want = {k: np.array(values[k], float) - 0.2 * g[k] for k in values}
     assert_dicts_close(params, want, rtol=tol, atol=tol * 1e-3, what="lanes, shuffled full batch")
+
+
+@pytest.mark.parametrize(
+    "widths, batch",
+    [
+        ([3, 4, 2], 1),  # 26 entries: zeroed, normed and updated by printed loops
+        ([10, 20, 5], 3),  # 325 entries: one runtime call over the tuple of parameters
+    ],
+)
+def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch):
+    """Tiny networks print their gradient zeroing, norms and update in the training
+    kernel (kernels/cpu.py, INLINE_MAX_ENTRIES); larger ones call the shared step
+    module. Both replayed with the NumPy δ recursion and the reference Adam, with
+    clip_norm and per-step gradient norms."""
+    acts = ["tanh", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=23, scale=0.5)
+    prog = gc.compile(net, loss=gc.mse)
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 7, 23)
+    clip = 0.3
+    params = prog.init(values)
+    hist = prog.fit(
+        params,
+        X,
+        Y,
+        optimizer=gc.Adam(0.02),
+        epochs=2,
+        batch_size=batch,
+        shuffle=False,
+        clip_norm=clip,
+    )
+    ref, want, losses, norms = (
+        RefAdam(0.02),
+        {k: np.array(v, float) for k, v in values.items()},
+        [],
+        [],
+    )
+    for _ in range(2):
+        for s in range(0, 7, batch):
+            loss, g = mlp_grad_dict(want, names, acts, X[s : s + batch], Y[s : s + batch])
+            losses.append(loss)
+            norms.append({k: float(np.linalg.norm(v)) for k, v in g.items()})
+            want = ref.step(want, clip_grads(g, clip))
+    np.testing.assert_allclose(hist.loss, losses, rtol=1e-10)
+    for k in values:
+        np.testing.assert_allclose(hist.grad_norms[k], [n[k] for n in norms], rtol=1e-10)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-13, what=f"Adam {widths}")
+    assert ("step_each" in prog.source["train"]) == (batch == 3)

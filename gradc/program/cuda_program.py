@@ -187,7 +187,7 @@ class CudaProgram(Program):
         backup = [cuda.device_array_like(a) for a in dev_p + [s for st in dev_s for s in st]]
         live = dev_p + [s for st in dev_s for s in st]
         full = self._to_device(data)
-        names = self._data_names()
+        names = self._data_args
         gather = [cuda.device_array((bs, d.shape[1]), dtype=self.dtype) for d in data]
         perm_host = np.arange(nrows, dtype=np.int64)
         perm = cuda.to_device(perm_host)

@@ -23,7 +23,7 @@ from ..kernels.cpu import CpuKernels
 from ..kernels.cpu_lanes import LANES_MIN_BATCH
 from ..spec.model import Spec
 from ..spec.optimizers import SGD, Optimizer
-from .data import all_finite, data_arrays, key_name, param_array
+from .data import all_finite, data_arrays, first_nonfinite, key_name, param_array
 from .health import warn_if_unhealthy
 from .history import History
 from .init import initial_values
@@ -90,6 +90,13 @@ class Program:
         self._workspaces: dict[int, dict[str, np.ndarray]] = {}
         self._fit_arrays: dict[tuple, list[np.ndarray]] = {}
         self._param_names = [p.label for p in graph.params]
+        self._param_shapes = tuple(p.shape for p in graph.params)
+        # the kernels' argument names (compiler-chosen: p<k>, g<k>, x<k>, y<k>)
+        nparams = len(graph.params)
+        self._p_args = [f"p{k}" for k in range(nparams)]
+        self._g_args = [f"g{k}" for k in range(nparams)]
+        self._data_args = [f"x{k}" for k in range(len(graph.inputs))]
+        self._data_args += [f"y{k}" for k in range(len(graph.targets))]
 
     # -- kernels ---------------------------------------------------------------
     @property
@@ -134,15 +141,20 @@ class Program:
         self.timings[name] = time.perf_counter() - start
         return result
 
-    def _fit_buffers(self, role: str, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    def _fit_buffers(
+        self, role: str, shapes: list[tuple[int, ...]], dtype=None
+    ) -> list[np.ndarray]:
         """Arrays of these shapes kept for fit's next call (gradients, the backup
-        that undoes a failed step); their values are not kept."""
-        key = (role, tuple(map(tuple, shapes)))
+        that undoes a failed step, the kernels' per-batch buffers); their values
+        are not kept. A fresh 784×256 array costs more than a step (page faults on
+        first touch), and each allocation a µs or two at the size of a tiny fit."""
+        key = (role, tuple(map(tuple, shapes)), dtype)
         found = self._fit_arrays.get(key)
         if found is None:
-            if len(self._fit_arrays) > 8:
+            if len(self._fit_arrays) > 16:
                 self._fit_arrays.clear()
-            found = self._fit_arrays[key] = [np.empty(s, dtype=self.dtype) for s in shapes]
+            found = [np.empty(s, dtype=dtype or self.dtype) for s in shapes]
+            self._fit_arrays[key] = found
         return found
 
     def _workspace(self, capacity: int) -> dict[str, np.ndarray]:
@@ -194,10 +206,10 @@ class Program:
         for leaf in self.graph.params:
             if leaf.label not in names:
                 raise GradcError(f"missing parameter {leaf.label!r} in params")
-            arr = param_array(leaf, params[names[leaf.label]], self.dtype)
-            if not all_finite(arr):
-                raise GradcError(f"parameter {leaf.label!r} contains NaN or inf")
-            out.append(arr)
+            out.append(param_array(leaf, params[names[leaf.label]], self.dtype))
+        bad = first_nonfinite(out)
+        if bad >= 0:
+            raise GradcError(f"parameter {self.graph.params[bad].label!r} contains NaN or inf")
         return out
 
     def _data(self, X, Y, *, need_targets=True):
@@ -207,10 +219,8 @@ class Program:
 
     def _namespace(self, n: int, params, data, ws) -> dict:
         ns = {"n": n, "inv_n": self.dtype.type(1.0 / n)}
-        ns.update({f"p{k}": p for k, p in enumerate(params)})
-        names = [f"x{k}" for k in range(len(self.graph.inputs))]
-        names += [f"y{k}" for k in range(len(self.graph.targets))]
-        ns.update(zip(names, data))
+        ns.update(zip(self._p_args, params))
+        ns.update(zip(self._data_args, data))
         ns.update(ws)
         return ns
 
@@ -325,34 +335,29 @@ class Program:
         states = self._optimizer_state(opt, p)
         hp = np.array([opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype)
         ws = self._workspace(bs)
-        # every step writes the gradient buffers in full (or, for a batch-of-one
-        # sweep, does not read them): kept between calls, as the workspace is. A
-        # fresh 784×256 array costs more than the step (page faults on first touch).
-        grads = self._fit_buffers("grad", [leaf.shape for leaf in self.graph.params])
+        # every buffer below is written before it is read (the gradients in full
+        # at every step, or not read in a batch-of-one sweep; the permutation at
+        # each epoch's start): kept between calls, as the workspace is
+        grads = self._fit_buffers("grad", self._param_shapes)
         ns = self._namespace(bs, p, [], ws)
-        ns.update(
-            {
-                f"{name}buf": np.zeros((bs, d.shape[1]), self.dtype)
-                for name, d in zip(self._data_names(), data)
-            }
-        )
-        ns.update({f"g{k}": g for k, g in enumerate(grads)})
-        ns.update({name.upper(): arr for name, arr in zip(self._data_names(), data)})
+        names = self._data_args
+        gather = self._fit_buffers("gather", [(bs, d.shape[1]) for d in data])
+        ns.update(zip([f"{name}buf" for name in names], gather))
+        ns.update(zip(self._g_args, grads))
+        ns.update(zip([name.upper() for name in names], data))
         for k, st in enumerate(states):
             ns.update({f"s{k}_{j}": s for j, s in enumerate(st)})
-        ns.update(perm=np.arange(nrows, dtype=np.int64), hp=hp, clip=clip, nrows=nrows, bs=bs)
+        (perm,) = self._fit_buffers("perm", [(nrows,)], np.int64)
+        ns.update(perm=perm, hp=hp, clip=clip, nrows=nrows, bs=bs)
         ns["shuffle"] = plan.shuffle
         train_name, train_args = "train", okern.train_args
         if okern.lanes_args is not None and bs >= LANES_MIN_BATCH:
             # a narrow network at a batch of several: the batch-innermost kernel
             # (kernels/cpu_lanes.py) on transposed (entries, batch) buffers
             train_name, train_args = "train_lanes", okern.lanes_args
-            ns.update(
-                {
-                    name: np.zeros((size, bs), self.dtype)
-                    for name, size in okern.lanes_buffers.items()
-                }
-            )
+            lanes = okern.lanes_buffers
+            arrays = self._fit_buffers("lanes", [(size, bs) for size in lanes.values()])
+            ns.update(zip(lanes, arrays))
         train = getattr(omod, train_name)
         # what a failed step's undo restores: parameters and optimizer state
         saved = p + [s for st in states for s in st]
@@ -371,7 +376,9 @@ class Program:
             while done < total_steps:
                 in_epoch = min(nbatches, total_steps - done) if has_data else total_steps
                 chunk = 1 if record_path else in_epoch
-                ns["seed"] = np.uint64((plan.seed * 1_000_003 + epoch) % 2**63)
+                ns["seed"] = np.uint64(
+                    (plan.seed * 1_000_003 + epoch) % 2**63 if plan.shuffle else 0
+                )
                 epoch_l = np.zeros(in_epoch)
                 for start in range(0, in_epoch, chunk):
                     stop = min(start + chunk, in_epoch)
@@ -411,10 +418,11 @@ class Program:
                     if bar is not None:
                         bar(stop - start, float(l_out[-1]))
                 done += in_epoch
-                if has_data:
-                    sizes = np.minimum(bs, nrows - np.arange(in_epoch) * bs).astype(float)
-                    epoch_losses.append(float(np.dot(epoch_l, sizes) / sizes.sum()))
-                    samples += int(sizes.sum())
+                if has_data:  # the mean per sample: the last batch may be short
+                    short = nrows - (nbatches - 1) * bs - bs if in_epoch == nbatches else 0
+                    total = float(epoch_l.sum()) * bs + float(epoch_l[-1]) * short
+                    epoch_losses.append(total / (in_epoch * bs + short))
+                    samples += in_epoch * bs + short
                 epoch += 1
         finally:
             history.seconds = time.perf_counter() - start_time
@@ -487,14 +495,9 @@ class Program:
                     used.add(a.id)
         return [p.label for p in self.graph.params if p.id in used and not p.is_scalar]
 
-    def _data_names(self) -> list[str]:
-        return [f"x{k}" for k in range(len(self.graph.inputs))] + [
-            f"y{k}" for k in range(len(self.graph.targets))
-        ]
-
     def _optimizer_state(self, opt: Optimizer, p) -> list[list[np.ndarray]]:
         """Per-parameter state arrays, kept on the optimizer so a second fit continues."""
-        key = (id(self), tuple(a.shape for a in p), self.dtype.str)
+        key = (id(self), self._param_shapes, self.dtype.str)
         store = opt.__dict__.setdefault("_gradc_state", {})
         if key not in store:
             nstate = len(opt.update_rule.state_names)

@@ -227,6 +227,25 @@ def test_update_overflow_is_caught_and_undone(dtype):
     assert float(params["wover"]) == 3.0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_overflow_in_the_batch_of_one_sweep_is_caught(dtype):
+    """W (30×40, 1,200 entries) trained at batch 1: its update sweep also forms the
+    next sample's W·x and checks the new values through that dot product (no
+    per-entry check). x = 5, W = 1: the gradient (Wx − y)·xᵀ ≈ 1,000 per entry,
+    finite; the new values overflow. fit stops at step 1 and W goes back."""
+    x, y = sp.MatrixSymbol("xs", 40, 1), sp.MatrixSymbol("ys", 30, 1)
+    W = sp.MatrixSymbol("Wsweep", 30, 40)
+    prog = gc.compile(gc.mse(W * x, y), params=[W], inputs=[x], targets=[y], dtype=dtype)
+    assert "step_outer_dot" in prog.source["train"]  # the sweep under test
+    params = {"Wsweep": np.ones((30, 40))}
+    X, Y = np.full((4, 40), 5.0), np.zeros((4, 30))
+    lr = 1e36 if dtype == "float32" else 1e306
+    with pytest.raises(gc.GradcError, match=r"update step 1 .*param") as ei:
+        prog.fit(params, X, Y, optimizer=gc.SGD(lr=lr), batch_size=1, shuffle=False)
+    _assert_step_message(_msg(ei))
+    np.testing.assert_array_equal(params["Wsweep"], np.ones((30, 40)))
+
+
 def test_divergence_exp_objective():
     """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
     the loss there, exp(~46800), overflows."""

@@ -777,11 +777,26 @@ class CpuPrinter:
                     out("for c in range(p.shape[1]):")
                     with out.indent():
                         grad = "av * b[c]" if outer else "g[r, c] * scale"
-                        self._update_entry(out, form, r="r", c="c", grad=grad)
+                        # the dot's sum is the non-finite check of its row, see below
+                        count = "" if dot else None
+                        self._update_entry(out, form, r="r", c="c", grad=grad, count=count)
                         if dot:
                             out("acc += p[r, c] * xn[c]")
                     if dot:
                         out("zn[r] = acc")
+                        # with xn finite (checked data), a new value that is inf or
+                        # NaN makes the dot inf or NaN, so the row needs a look only
+                        # then (or when a finite sum overflows): the sweep does no
+                        # per-entry check (measured, 256×784: 63 → 57 µs in float64,
+                        # 42 → 33 in float32)
+                        out("if not math.isfinite(acc):")
+                        with out.indent():
+                            out("for c in range(p.shape[1]):")
+                            with out.indent():
+                                out(
+                                    "z = p[r, c] - p[r, c]  # NaN exactly when p[r, c] is inf or NaN"
+                                )
+                                out("bad |= z != z" if self.float32 else "bad += z != z")
                 out("return bad")
             parts.append(out.text())
         out = _Lines()
@@ -812,7 +827,7 @@ class CpuPrinter:
     ) -> None:
         """The optimizer rule on entry (r, c) of ``p``, whose gradient is ``grad``;
         ``state_arrays`` (default s0, s1, …) hold the optimizer state, ``count``
-        adds a non-finite new value to ``bad``."""
+        adds a non-finite new value to ``bad`` ("": no check here)."""
         theta, states = form.theta, form.states
         s = state_arrays or [f"s{j}" for j in range(len(states))]
         body(f"th = {p}[{r}, {c}]")
@@ -826,6 +841,8 @@ class CpuPrinter:
         for tgt in form.targets:
             if tgt == theta:
                 body(f"{p}[{r}, {c}] = new_{tgt}")
+                if count == "":  # the caller checks the new values its own way
+                    continue
                 body(f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN")
                 body(count or ("bad |= z != z" if self.float32 else "bad += z != z"))
             else:

@@ -199,12 +199,31 @@ def prepare_case(case: pc.Case, folder: Path) -> Path:
     return path
 
 
+# Every peer process runs on this one CPU (sched_setaffinity): the thread
+# variables above do not bind every runtime. Measured: XLA's CPU backend splits
+# one (256×784)·(784×256) float64 product over both cores of this machine with
+# the XLA_FLAGS above (1.57 ms; 2.31 ms pinned to one core, where OpenBLAS takes
+# 2.45), so unpinned, JAX's BLAS-bound steps ran on two cores and the others on one.
+PIN_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
+
+
+def _pin_to_one_cpu() -> None:  # in the child, before it starts Python
+    if PIN_CPU is not None:
+        os.sched_setaffinity(0, {PIN_CPU})
+
+
 def run_process(args: list[str], env: dict, timeout: float) -> tuple[int, str, float]:
     t0 = time.perf_counter()
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     try:
         proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(HERE.parent)
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(HERE.parent),
+            preexec_fn=_pin_to_one_cpu,
         )
         return proc.returncode, (proc.stdout + proc.stderr)[-3000:], time.perf_counter() - t0
     except subprocess.TimeoutExpired:
@@ -687,7 +706,14 @@ def render(data: dict) -> str:
         "",
         f"Method: {per_text} Processes run one after another "
         f"(`sys.executable`), every process with {thread_env}, and "
-        "`torch.set_num_threads(1)` in the PyTorch processes. Each process: one epoch "
+        "`torch.set_num_threads(1)` in the PyTorch processes"
+        + (
+            f", and every process pinned to CPU {data['pinned_cpu']} (`sched_setaffinity`: "
+            "without it XLA split a 784-wide product over both cores despite its flags)"
+            if data.get("pinned_cpu") is not None
+            else " (processes not pinned to a CPU: runs before 2026-11-24 let XLA use both cores)"
+        )
+        + ". Each process: one epoch "
         "from the initial weights (its time is the *first epoch* below, JIT included) "
         "and the weight check against the NumPy reference; a warm-up epoch (skipped when "
         "the first took over 1 s); then timed "
@@ -1017,6 +1043,7 @@ def main(argv=None) -> int:
         "load_start": load_start,
         "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "thread_env": THREAD_ENV,
+        "pinned_cpu": PIN_CPU,
         "timing": timing,
         "per": args.per,
         "restrict": restrict,

@@ -7,7 +7,7 @@ import pytest
 import sympy as sp
 
 import gradc as gc
-from gradc.spec.elementwise import _REGISTRY
+from gradc.spec.elementwise import _REGISTRY, BUILTIN
 
 Z = sp.Symbol("z")
 POINTS = [-3.1, -0.8, -0.05, 0.05, 0.6, 2.7]
@@ -91,3 +91,18 @@ def test_optimizer_rules_are_sympy():
     assert [str(t) for t, _ in rule.assignments] == ["state_m", "state_v", "theta"]
     with pytest.raises(gc.GradcError, match="nope"):
         gc.SGD(nope=1.0)
+
+
+@pytest.mark.parametrize("row", BUILTIN, ids=lambda r: r.name)
+def test_builtin_derivatives_are_sympy_diff_and_match_their_hints(row):
+    """The built-in rows carry their derivative (no diff at import): it must be
+    sympy.diff of the body, and the y ↦ f'(z) hint must agree with it."""
+    z = sp.Symbol("z", real=True)
+    body, deriv = row.body(z), row.deriv(z)
+    want = sp.diff(body, z)
+    for p in (-3.0, -0.7, 0.4, 2.5):
+        at = {z: sp.Float(p)}
+        d = float(deriv.xreplace(at))
+        assert d == pytest.approx(float(want.xreplace(at)), rel=1e-14, abs=1e-15)
+        y = float(body.xreplace(at))
+        assert float(row.deriv_via_out(sp.Float(y))) == pytest.approx(d, rel=1e-12, abs=1e-15)

@@ -246,6 +246,36 @@ def test_update_overflow_in_the_batch_of_one_sweep_is_caught(dtype):
     np.testing.assert_array_equal(params["Wsweep"], np.ones((30, 40)))
 
 
+def test_overflow_in_a_later_epoch_is_undone_to_the_step_before():
+    """Loss −w·x/100 (x in [0.5, 1]) with lr = 1e308: every step adds lr·mean(x)/100
+    to w, finite (and so is the loss) until the update passes ~1.8e308, some
+    epochs in. One kernel call runs all epochs, reshuffling at each epoch's start;
+    the failed update is undone by replaying the good steps. w must equal the
+    documented shuffled replay of the steps before the one the error names."""
+    from gradc.kernels.runtime import shuffle_rows
+
+    wv, xv = sp.Symbol("wlin"), sp.Symbol("xlin")
+    prog = gc.compile(-wv * xv / 100, params=[wv], inputs=[xv])
+    X = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    params = {"wlin": np.array(1.0)}
+    lr = 1e308
+    with pytest.raises(gc.GradcError, match=r"update step \d+ \(epoch \d\d+\): .*param") as ei:
+        prog.fit(params, X, optimizer=gc.SGD(lr=lr), epochs=500, batch_size=2, seed=7)
+    failed = int(re.search(r"update step (\d+)", _msg(ei)).group(1))
+    w, step, epoch = 1.0, 0, 0
+    while step < failed - 1:  # the steps before the failed one
+        perm = np.arange(6)
+        shuffle_rows(perm, 6, np.uint64((7 * 1_000_003 + epoch) % 2**63))
+        for b in range(3):
+            if step == failed - 1:
+                break
+            w = w - lr * -(X[perm[2 * b : 2 * b + 2]].mean() / 100)
+            step += 1
+        epoch += 1
+    assert float(params["wlin"]) == pytest.approx(w, rel=1e-12)
+    assert w > 1.7e308  # the next update (≥ lr·0.005) overflows
+
+
 def test_divergence_exp_objective():
     """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
     the loss there, exp(~46800), overflows."""

@@ -11,7 +11,7 @@ The module holds four kernels::
     forward(n, inv_n, params…, data…, values…) -> mean loss
     backward(n, inv_n, params…, data…, values…, deltas…, grads…)
     update(hp, t, scale, [param, grad, state…] per parameter) -> all finite?
-    train(start, stop, …) -> (status, step)   a whole epoch, shuffle included
+    train(start, stop, …) -> (status, step)   update steps over epochs, shuffles included
 
 and, for networks too narrow for BLAS, ``train_lanes`` (same contract, the
 batch innermost; printed by ``cpu_lanes.py``).
@@ -701,7 +701,10 @@ class CpuPrinter:
                 if ahead is None or ahead.param != k:
                     out(sweep)
                 else:
-                    out("if bs == 1 and step + 1 < stop:  # and the next sample's W·x")
+                    # (not across an epoch's end when shuffled: that order is not drawn yet)
+                    out(
+                        "if bs == 1 and step + 1 < stop and (not shuffle or (step + 1) % nbatches):"
+                    )
                     with out.indent():
                         out("nxt = ((step + 1) % nbatches) * bs")
                         out("row = perm[nxt] if shuffle else nxt")
@@ -997,20 +1000,22 @@ class CpuPrinter:
         out(decorator or _DECORATOR)
         out(f"def {name}({', '.join(args)}):")
         with out.indent():
-            out('"""Steps start..stop of one epoch of mini-batches, without returning to Python.')
+            out('"""Update steps start..stop (counted from the first epoch), without returning')
+            out("to Python; each epoch starts with its shuffle (seed: (seed + epoch) mod 2⁶³).")
             out("")
             out("Forward, backward and update are inlined so that LLVM sees one loop.")
             out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
             out('became non-finite at that step (no update was kept for 1 and 2)."""')
-            out("if shuffle and start == 0:")
-            with out.indent():
-                out("shuffle_rows(perm, nrows, seed)")
             out("nbatches = (nrows + bs - 1) // bs")
             for line in before:
                 out(line)
             out("for step in range(start, stop):")
             with out.indent():
-                out("lo = (step % nbatches) * bs")
+                out("batch_no = step % nbatches")
+                out("if shuffle and batch_no == 0:  # a new epoch")
+                with out.indent():
+                    out("shuffle_epoch(perm, nrows, seed, step // nbatches)")
+                out("lo = batch_no * bs")
                 out("n = min(bs, nrows - lo)")
                 out("inv_n = F(1.0) / F(n)")
                 yield
@@ -1231,7 +1236,7 @@ def _transposed(operand: str) -> str:
 _DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "fill_zero, fill_zero_each, gather_columns, gather_rows, matmul, shuffle_rows, sum_squares,"
+    "fill_zero, fill_zero_each, gather_columns, gather_rows, matmul, shuffle_epoch, sum_squares,"
     " sum_squares_into, vexp"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the

@@ -18,6 +18,8 @@ __all__ = [
     "fill_zero_each",
     "gather_rows",
     "gather_columns",
+    "seed_base",
+    "shuffle_epoch",
     "shuffle_rows",
     "sum_squares",
     "sum_squares_into",
@@ -26,6 +28,27 @@ __all__ = [
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+# fit shuffles epoch e with the seed (seed·SEED_STRIDE + e) mod 2⁶³ (documented:
+# a run can be replayed, and a kernel call may span several epochs)
+SEED_STRIDE = 1_000_003
+_SEED_MASK = np.uint64(2**63 - 1)
+
+
+def seed_base(seed: int) -> np.uint64:
+    """(seed·SEED_STRIDE) mod 2⁶³: epoch e's shuffle seed is (seed_base + e) mod 2⁶³.
+
+    >>> int(seed_base(5)) == 5 * 1_000_003
+    True
+    """
+    return np.uint64((int(seed) * SEED_STRIDE) % 2**63)
+
+
+@numba.njit(cache=True)
+def shuffle_epoch(perm, nrows, base, epoch):
+    """The sample order of ``epoch``: shuffle_rows with the seed (base + epoch) mod 2⁶³."""
+    shuffle_rows(perm, nrows, (np.uint64(base) + np.uint64(epoch)) & _SEED_MASK)
 
 
 @numba.njit(cache=True)

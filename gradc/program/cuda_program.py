@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import GradcError
-from ..kernels.runtime import shuffle_rows
+from ..kernels.runtime import seed_base, shuffle_epoch
 from .history import History
 from .program import _STATUS, FitPlan, Program, _progress
 
@@ -238,7 +238,7 @@ class CudaProgram(Program):
             while done < total_steps:
                 in_epoch = min(nbatches, total_steps - done) if has_data else total_steps
                 if shuffle:  # the CPU target's permutation, so both targets see the same batches
-                    shuffle_rows(perm_host, nrows, np.uint64((seed * 1_000_003 + epoch) % 2**63))
+                    shuffle_epoch(perm_host, nrows, seed_base(seed), epoch)
                     perm.copy_to_device(perm_host)
                 epoch_l = np.zeros(in_epoch)
                 for start in range(0, in_epoch, chunk_cap):

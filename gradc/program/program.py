@@ -21,6 +21,7 @@ from ..graph.lower import Graph
 from ..kernels.cache import load_module
 from ..kernels.cpu import CpuKernels
 from ..kernels.cpu_lanes import LANES_MIN_BATCH
+from ..kernels.runtime import seed_base
 from ..spec.model import Spec
 from ..spec.optimizers import SGD, Optimizer
 from .data import all_finite, data_arrays, first_nonfinite, key_name, param_array
@@ -364,76 +365,66 @@ class Program:
         backup = self._fit_buffers("backup", [a.shape for a in saved])
 
         history = History()
-        losses, norms, epoch_losses, path = [], [], [], []
-        if record_path:
-            path.append(self._snapshot(p, params))
+        path = [self._snapshot(p, params)] if record_path else []
         bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
+        # one kernel call runs every epoch (it reshuffles at each epoch's start);
+        # Python sees each step only to record the path, each epoch only to draw
+        # the progress bar
+        if record_path:
+            chunk = 1
+        elif bar is not None and has_data:
+            chunk = nbatches
+        else:
+            chunk = max(total_steps, 1)
+        losses = np.zeros(total_steps)
+        sq_norms = np.zeros((total_steps, len(p)))
+        ns["seed"] = seed_base(plan.seed)
         done = 0
-        epoch = 0
-        samples = 0
         start_time = time.perf_counter()
         try:
-            while done < total_steps:
-                in_epoch = min(nbatches, total_steps - done) if has_data else total_steps
-                chunk = 1 if record_path else in_epoch
-                ns["seed"] = np.uint64(
-                    (plan.seed * 1_000_003 + epoch) % 2**63 if plan.shuffle else 0
+            for start in range(0, total_steps, chunk):
+                stop = min(start + chunk, total_steps)
+                for dst, src in zip(backup, saved):
+                    np.copyto(dst, src)
+                ns.update(
+                    start=start,
+                    stop=stop,
+                    opt_step=self._opt_steps(opt),
+                    losses=losses[start:stop],
+                    gnorms=sq_norms[start:stop],
                 )
-                epoch_l = np.zeros(in_epoch)
-                for start in range(0, in_epoch, chunk):
-                    stop = min(start + chunk, in_epoch)
-                    l_out = np.zeros(stop - start)
-                    n_out = np.zeros((stop - start, len(p)))
-                    for dst, src in zip(backup, saved):
+                status, at = self._timed_call(train_name, train, [ns[a] for a in train_args])
+                ran = (at if status else stop) - start
+                if status == 3:  # undo the failed step: replay the good ones from the backup
+                    for dst, src in zip(saved, backup):
                         np.copyto(dst, src)
-                    ns.update(
-                        start=start,
-                        stop=stop,
-                        opt_step=self._opt_steps(opt),
-                        losses=l_out,
-                        gnorms=n_out,
+                    ns.update(stop=at)
+                    train(*[ns[a] for a in train_args])
+                self._advance_opt(opt, ran)
+                done = start + ran
+                if status:
+                    self._write_back(p, params)
+                    epoch = at // nbatches if has_data else 0
+                    raise GradcError(
+                        f"fit stopped at update step {at + 1} (epoch {epoch + 1}): "
+                        f"{_STATUS[status]} (loss {losses[at]:.6g}); the {at} "
+                        "updates before it were kept and the parameters are their last "
+                        "finite values. Try a smaller learning rate or clip_norm."
                     )
-                    status, at = self._timed_call(train_name, train, [ns[a] for a in train_args])
-                    ran = (at if status else stop) - start
-                    if status == 3:  # undo the failed step: replay the good ones from the backup
-                        for dst, src in zip(saved, backup):
-                            np.copyto(dst, src)
-                        ns.update(stop=at)
-                        train(*[ns[a] for a in train_args])
-                    self._advance_opt(opt, ran)
-                    losses.append(l_out[:ran])
-                    norms.append(n_out[:ran])
-                    epoch_l[start : start + ran] = l_out[:ran]
-                    if status:
-                        step = done + at
-                        self._write_back(p, params)
-                        raise GradcError(
-                            f"fit stopped at update step {step + 1} (epoch {epoch + 1}): "
-                            f"{_STATUS[status]} (loss {l_out[at - start]:.6g}); the {step} "
-                            "updates before it were kept and the parameters are their last "
-                            "finite values. Try a smaller learning rate or clip_norm."
-                        )
-                    if record_path:
-                        path.append(self._snapshot(p, params))
-                    if bar is not None:
-                        bar(stop - start, float(l_out[-1]))
-                done += in_epoch
-                if has_data:  # the mean per sample: the last batch may be short
-                    short = nrows - (nbatches - 1) * bs - bs if in_epoch == nbatches else 0
-                    total = float(epoch_l.sum()) * bs + float(epoch_l[-1]) * short
-                    epoch_losses.append(total / (in_epoch * bs + short))
-                    samples += in_epoch * bs + short
-                epoch += 1
+                if record_path:
+                    path.append(self._snapshot(p, params))
+                if bar is not None:
+                    bar(stop - start, float(losses[stop - 1]))
         finally:
             history.seconds = time.perf_counter() - start_time
             if bar is not None:
                 bar.close()
-            history.loss = np.concatenate(losses) if losses else np.zeros(0)
-            all_norms = np.sqrt(np.concatenate(norms)) if norms else np.zeros((0, len(p)))
+            history.loss = losses[:done]
+            all_norms = np.sqrt(sq_norms[:done])
             history.grad_norms = {name: all_norms[:, k] for k, name in enumerate(self._param_names)}
-            history.epoch_loss = np.array(epoch_losses)
+            if has_data:
+                history.epoch_loss, history.samples = _epoch_means(losses[:done], plan)
             history.path = path
-            history.samples = samples
             history.weights = list(self._weight_names)
         self._write_back(p, params)
         return history
@@ -561,6 +552,27 @@ def _finite(value: float, what: str) -> float:
             "outside a function's domain)"
         )
     return value
+
+
+def _epoch_means(losses: np.ndarray, plan: FitPlan) -> tuple[np.ndarray, int]:
+    """Each epoch's mean per-sample loss from the per-step batch means (an epoch's
+    last batch may be short), and the number of samples the steps used.
+
+    >>> plan = FitPlan(nrows=5, bs=2, nbatches=3, total_steps=4, has_data=True,
+    ...                shuffle=False, seed=0, clip=0.0)
+    >>> _epoch_means(np.array([1.0, 2.0, 4.0, 3.0]), plan)
+    (array([2., 3.]), 7)
+    """
+    nb, bs, steps = plan.nbatches, plan.bs, len(losses)
+    last = plan.nrows - (nb - 1) * bs  # the size of an epoch's last batch
+    full = steps // nb
+    per_epoch = losses[: full * nb].reshape(full, nb)
+    rest = losses[full * nb :]  # a last epoch cut short by steps=: full batches only
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run's means are inf
+        means = (per_epoch[:, :-1].sum(axis=1) * bs + per_epoch[:, -1] * last) / plan.nrows
+        if rest.size:
+            means = np.append(means, rest.mean())
+    return means, full * plan.nrows + rest.size * bs
 
 
 def _progress(enabled: bool, total: int, batch_size: int, per_epoch: int):

@@ -156,6 +156,43 @@ def test_missing_param_key_no_data():
     assert "beta_p" in _msg(ei)
 
 
+# ---------------------------------------------------------------- NaN / inf parameters
+
+
+@pytest.mark.parametrize(
+    "widths, batch, optimizer",
+    [
+        ([3, 4, 2], 1, "sgd"),  # tiny: update loops printed in the kernel
+        ([3, 4, 2], 8, "adam"),  # the batch-innermost kernel
+        ([10, 20, 5], 3, "sgd"),  # one runtime call over the parameters
+        ([24, 48, 3], 1, "sgd"),  # W1's batch-of-one sweep checked through the next W·x
+    ],
+)
+@pytest.mark.parametrize("where", ["W1_nan", "b2_inf", "W2_neginf"])
+def test_nonfinite_parameters_refused_by_name(widths, batch, optimizer, where):
+    """fit does not scan the parameters before it starts (for a big weight that
+    costs more than a step): a non-finite entry makes the first step fail, and the
+    error names the parameter; every value is as the caller passed it."""
+    net = gc.Sequential(
+        gc.Dense(widths[0], widths[1], gc.tanh), gc.Dense(widths[1], widths[2], gc.sigmoid)
+    )
+    prog = gc.compile(net, loss=gc.mse)
+    names = {"W1": "W1", "b2": "b2", "W2": "W2"}  # Sequential names its layers 1, 2
+    which, kind = where.split("_")
+    params = prog.init(seed=3)
+    params[names[which]].flat[1] = {"nan": np.nan, "inf": np.inf, "neginf": -np.inf}[kind]
+    before = copy_params(params)
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((16, widths[0])), rng.random((16, widths[2]))
+    opt = gc.SGD(lr=0.1) if optimizer == "sgd" else gc.Adam(0.01)
+    with pytest.raises(gc.GradcError, match=f"parameter '{names[which]}' contains NaN or inf"):
+        prog.fit(params, X, Y, optimizer=opt, epochs=2, batch_size=batch)
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k])
+    with pytest.raises(gc.GradcError, match=f"parameter '{names[which]}'"):
+        prog.fit(params, X, Y, steps=0)
+
+
 # ---------------------------------------------------------------- NaN / inf data
 
 w, b, x, y = sp.symbols("w b x y")

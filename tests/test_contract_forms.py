@@ -336,3 +336,39 @@ def test_logistic_regression_bce():
     assert float(loss) == pytest.approx(L, rel=1e-11)
     assert float(grads["wl"]) == pytest.approx(np.mean((pv - Y) * X), rel=1e-10)
     assert float(grads["bl"]) == pytest.approx(np.mean(pv - Y), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "batch_size, epochs, steps",
+    [(2, 3, None), (3, 2, None), (7, 2, None), (2, 1, 6), (1, 1, 5)],
+)
+def test_epoch_loss_is_each_epochs_mean_per_sample_loss(batch_size, epochs, steps):
+    """With lr = 0 the parameters never move, so each epoch's loss is the mean of
+    the closed-form per-sample loss ½(w·x − y)² over the samples it used (a short
+    last batch weighs less; steps= may end an epoch early, after full batches)."""
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+    X = np.array([0.5, -1.0, 2.0, 3.0, -0.25, 1.5, 4.0])
+    Y = np.array([1.0, 0.0, -2.0, 0.5, 2.0, -1.0, 3.0])
+    per_sample = 0.5 * (0.7 * X - Y) ** 2
+    hist = prog.fit(
+        {"w": 0.7},
+        X,
+        Y,
+        optimizer=gc.SGD(0.0),
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        shuffle=False,
+    )
+    nb = -(-7 // batch_size)
+    total = steps if steps is not None else epochs * nb
+    rows = [list(range(b * batch_size, min(7, (b + 1) * batch_size))) for b in range(nb)]
+    want, used = [], 0
+    for e in range(-(-total // nb)):
+        batches = rows[: min(nb, total - e * nb)]
+        idx = [i for r in batches for i in r]
+        want.append(per_sample[idx].mean())
+        used += len(idx)
+    np.testing.assert_allclose(hist.epoch_loss, want, rtol=1e-14)
+    assert hist.samples == used

@@ -26,8 +26,8 @@ def test_deep_sigmoid_network_warns_about_vanishing_gradients():
 
 def test_exploding_norms_are_named_with_remedies():
     steps = 40
-    grad_norms = {"W1": np.geomspace(1.0, 1e6, steps), "W2": np.geomspace(1.0, 1e6, steps)}
-    found = diagnose(grad_norms, ["W1", "W2"])
+    grow = np.geomspace(1.0, 1e6, steps)
+    found = diagnose(np.stack([grow, grow], axis=1), ["W1", "W2"], ["W1", "W2"])
     assert len(found) == 1 and "exploding" in found[0] and "clip_norm" in found[0]
 
 

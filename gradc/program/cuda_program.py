@@ -288,7 +288,7 @@ class CudaProgram(Program):
                 bar.close()
             history.loss = np.concatenate(loss_parts) if loss_parts else np.zeros(0)
             norms = np.concatenate(norm_parts) if norm_parts else np.zeros((0, nparams))
-            history.grad_norms = {name: norms[:, k] for k, name in enumerate(self._param_names)}
+            history.set_norms(norms, self._param_names)
             history.epoch_loss = np.array(epoch_losses)
             history.path = path
             history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))

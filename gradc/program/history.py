@@ -23,6 +23,9 @@ class History:
         Parameter values, the starting point first, when ``record_path=True``.
     grad_norms : dict[str, ndarray]
         Per parameter, the L2 norm of its gradient at each step (before clipping).
+    norm_matrix : ndarray
+        The same norms as one (steps, parameters) array, columns in ``grad_norms``
+        order (``grad_norms``' arrays are its columns).
     seconds : float
         Wall time of the training loop.
     samples : int
@@ -33,9 +36,15 @@ class History:
     epoch_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
     path: list = field(default_factory=list)
     grad_norms: dict = field(default_factory=dict)
+    norm_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     seconds: float = 0.0
     samples: int = 0
     weights: list = field(default_factory=list)
+
+    def set_norms(self, norms: np.ndarray, names: list[str]) -> None:
+        """Record the (steps, parameters) gradient norms, one column per name."""
+        self.norm_matrix = norms
+        self.grad_norms = {name: norms[:, k] for k, name in enumerate(names)}
 
     def layer_norms(self) -> dict[str, float]:
         """Median gradient norm of each layer's weights, first layer first."""
@@ -47,7 +56,7 @@ class History:
         """Findings about vanishing or exploding gradients, in plain words."""
         from .health import diagnose
 
-        return diagnose(self.grad_norms, self.weights)
+        return diagnose(self.norm_matrix, list(self.grad_norms), self.weights)
 
     @property
     def steps(self) -> int:

@@ -199,7 +199,9 @@ class Program:
             f"{name!r} is not a parameter of this program ({', '.join(self._param_names)})"
         )
 
-    def _params(self, params: Mapping) -> list[np.ndarray]:
+    def _params(self, params: Mapping, *, check: bool = True) -> list[np.ndarray]:
+        """The kernels' (rows, cols) arrays for ``params`` (views where possible);
+        ``check``: GradcError naming a parameter with a NaN or inf entry."""
         if not isinstance(params, Mapping):
             raise GradcError(f"params must be a dict of arrays, got {type(params).__name__}")
         names = {key_name(k): k for k in params}
@@ -208,10 +210,15 @@ class Program:
             if leaf.label not in names:
                 raise GradcError(f"missing parameter {leaf.label!r} in params")
             out.append(param_array(leaf, params[names[leaf.label]], self.dtype))
-        bad = first_nonfinite(out)
-        if bad >= 0:
-            raise GradcError(f"parameter {self.graph.params[bad].label!r} contains NaN or inf")
+        if check:
+            self._check_params(out)
         return out
+
+    def _check_params(self, p: list[np.ndarray]) -> None:
+        bad = first_nonfinite(p)
+        if bad >= 0:
+            label = self.graph.params[bad].label
+            raise GradcError(f"parameter {label!r} contains NaN or inf")
 
     def _data(self, X, Y, *, need_targets=True):
         return data_arrays(
@@ -320,11 +327,23 @@ class Program:
         about vanishing or exploding gradients, naming the remedies.
         """
         opt = self._fit_optimizer(optimizer)
-        p = self._params(params)
+        # a NaN or inf parameter makes the first step fail (its update cannot be
+        # finite): checked then, not before every call (for a 784×256 weight the
+        # check costs more than a step)
+        p = self._params(params, check=False)
         data, plan = self._fit_plan(X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm)
-        history = self._run_fit(opt, params, p, data, plan, progress, record_path)
+        if plan.total_steps == 0:
+            self._check_params(p)
+        try:
+            history = self._run_fit(opt, params, p, data, plan, progress, record_path)
+        except GradcError:
+            bad = first_nonfinite(p)  # back at their last finite values, or the user's
+            if bad >= 0:
+                label = self.graph.params[bad].label
+                raise GradcError(f"parameter {label!r} contains NaN or inf") from None
+            raise
         if warn_health:
-            warn_if_unhealthy(history.grad_norms, history.weights)
+            warn_if_unhealthy(history.norm_matrix, self._param_names, history.weights)
         return history
 
     def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
@@ -420,8 +439,7 @@ class Program:
             if bar is not None:
                 bar.close()
             history.loss = losses[:done]
-            all_norms = np.sqrt(sq_norms[:done])
-            history.grad_norms = {name: all_norms[:, k] for k, name in enumerate(self._param_names)}
+            history.set_norms(np.sqrt(sq_norms[:done]), self._param_names)
             if has_data:
                 history.epoch_loss, history.samples = _epoch_means(losses[:done], plan)
             history.path = path
@@ -565,6 +583,9 @@ def _epoch_means(losses: np.ndarray, plan: FitPlan) -> tuple[np.ndarray, int]:
     """
     nb, bs, steps = plan.nbatches, plan.bs, len(losses)
     last = plan.nrows - (nb - 1) * bs  # the size of an epoch's last batch
+    if steps == nb:  # one epoch (the common call): plain arithmetic, no temporaries
+        total = float(losses.sum()) * bs + float(losses[-1]) * (last - bs)
+        return np.array([total / plan.nrows]), plan.nrows
     full = steps // nb
     per_epoch = losses[: full * nb].reshape(full, nb)
     rest = losses[full * nb :]  # a last epoch cut short by steps=: full batches only

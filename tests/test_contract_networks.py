@@ -559,7 +559,7 @@ def test_batch_innermost_kernel_against_the_delta_recursion(
 )
 def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch):
     """Tiny networks print their gradient zeroing, norms and update in the training
-    kernel (kernels/cpu.py, INLINE_MAX_ENTRIES); larger ones call the shared step
+    kernel (kernels/cpu_train.py, INLINE_MAX_ENTRIES); larger ones call the shared step
     module. Both replayed with the NumPy δ recursion and the reference Adam, with
     clip_norm and per-step gradient norms."""
     acts = ["tanh", "sigmoid"]

@@ -248,9 +248,9 @@ def test_batch_of_one_fused_update(data, monkeypatch, name, batch_size, clip_nor
     batch_size=5 over 6 rows one epoch runs the stored path (n=5) and the fused
     one (n=1). Parameters, losses and per-parameter gradient norms are replayed
     with reference gradients and rules."""
-    from gradc.kernels import cpu
+    from gradc.kernels import cpu_train
 
-    monkeypatch.setattr(cpu, "FUSED_MIN_ENTRIES", 1)
+    monkeypatch.setattr(cpu_train, "FUSED_MIN_ENTRIES", 1)
     out = _out()
     prog = gc.compile(gc.mse(out, ys), params=[Wa, ba, Wb, bb], inputs=[xs], targets=[ys])
     assert "step_outer(" in prog.source["train"]

@@ -32,7 +32,8 @@ from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node
 from ..spec.optimizers import UpdateRule
 from .common import Lines as _Lines
 from .common import map_expression
-from .cpu import _DECORATOR_REASSOC, CpuPrinter, _has_blas_branch
+from .cpu import CpuPrinter, _has_blas_branch
+from .cpu_train import _DECORATOR_REASSOC
 
 __all__ = ["LANES_MIN_BATCH", "LanesPrinter", "lanes_eligible"]
 

@@ -1,0 +1,457 @@
+"""kernels stage (CPU): the fused training epoch and the optimizer's step, as printed code.
+
+:class:`TrainPrinter` is a part of :class:`~gradc.kernels.cpu.CpuPrinter` (which
+prints the statements: ``name``, ``elem``, ``statement``, the forward and
+backward bodies); it assembles them into the training kernels:
+
+- ``train`` (and, via ``cpu_lanes.py``, ``train_lanes``): a loop over update
+  steps that never returns to Python: each epoch's shuffle, the mini-batch,
+  forward, loss, backward, the gradient norms (History, clip_norm, the
+  divergence check) and the update;
+- the optimizer's entrywise rule, printed into the kernel for tiny networks, or
+  once per rule and dtype as the step module (``step_entries``, ``step_outer``,
+  ``step_outer_dot``, ``step_each``) that every network's kernel calls;
+- at a batch of one, a weight's gradient δ·xᵀ formed inside its update sweep,
+  and the first layer's sweep forming the next sample's W·x.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..graph.nodes import Leaf, MatMul, Node, Transpose
+from ..spec.optimizers import UpdateRule
+from .common import Lines as _Lines
+from .common import UpdateForm, comment_text
+
+__all__ = ["FUSED_MIN_ENTRIES", "INLINE_MAX_ENTRIES", "Ahead", "TrainPrinter"]
+
+# From this many entries a weight's batch-of-one step forms and applies its
+# gradient in one sweep (smaller ones stay in cache: a second pass is free).
+FUSED_MIN_ENTRIES = 1024
+# Parameters (and batch sums) of at most this many entries in all are zeroed,
+# normed and updated by loops printed in the training kernel with literal shapes,
+# not by runtime calls over a tuple: each call costs ~10–30 ns, as much as the
+# whole update of a tiny network (measured, 3-4-2 at batch 1: 0.24 → 0.14 µs/step).
+INLINE_MAX_ENTRIES = 256
+
+
+@dataclass
+class Ahead:
+    """A product ``param · input`` that a batch-of-one update sweep forms one step ahead."""
+
+    param: int  # index of the parameter
+    product: Node  # the forward MatMul W·x
+    input: Leaf  # the data input x
+
+
+class TrainPrinter:
+    """The training kernels and the optimizer's step (a part of CpuPrinter)."""
+
+    _ahead: Ahead | None = None  # while printing ``train``: a product formed a step ahead
+
+    def update_body(
+        self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]] | None = None
+    ) -> None:
+        """One optimizer step on every parameter; ``bad`` counts new values that are not finite.
+
+        The parameters go through one call of ``step_each`` (printed once per rule
+        and dtype by :meth:`step_kernels`): every parameter array has the same Numba
+        type, so Numba compiles the rule once, not once per parameter. ``fused``
+        (training kernel only) maps parameters whose gradient is an outer product
+        Σₙ δₙ·xₙᵀ to (δ, xᵀ): for a batch of one they go through ``step_outer``,
+        which forms δ₀[r]·x₀[c] inside the update sweep and never stores it.
+        """
+        params = self.deriv.graph.params
+        form = UpdateForm.of(rule)
+        for j, h in enumerate(form.hypers):
+            out(f"{h} = hp[{j}]  # {comment_text(rule.hyper_names[j])}")
+        for e, h in form.hoisted.items():
+            out(f"{h} = {self.scalar.doprint_expr(e)}")
+        knobs = ", ".join(["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())])
+        out("bad = 0  # new values that are not finite")
+        fused = fused or {}
+        nstates = len(form.states)
+        for k, p in enumerate(params):
+            if k not in fused:
+                continue
+            states = "".join(f", s{k}_{j}" for j in range(nstates))
+            a, b = fused[k]
+            out(f"if n == 1:  # {comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep")
+            with out.indent():
+                outer = f"p{k}, {self._row(a)}, {self._row(b)}"
+                sweep = f"bad += step_outer({outer}{states}, {knobs})"
+                ahead = self._ahead
+                if ahead is None or ahead.param != k:
+                    out(sweep)
+                else:
+                    # (not across an epoch's end when shuffled: that order is not drawn yet)
+                    out(
+                        "if bs == 1 and step + 1 < stop and (not shuffle or (step + 1) % nbatches):"
+                    )
+                    with out.indent():
+                        out("nxt = ((step + 1) % nbatches) * bs")
+                        out("row = perm[nxt] if shuffle else nxt")
+                        data = f"{self.name(ahead.input).upper()}[row]"
+                        dot = f"{data}, {self.name(ahead.product)}[0]"
+                        out(f"bad += step_outer_dot({outer}, {dot}{states}, {knobs})")
+                        out("ahead = True")
+                    out("else:")
+                    with out.indent():
+                        out(sweep)
+            out("else:")
+            with out.indent():
+                out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
+        rest = [k for k in range(len(params)) if k not in fused]
+        if _small(params[k].shape for k in rest):
+            for k in rest:
+                out(f"# {comment_text(params[k].label)}")
+                states = [f"s{k}_{j}" for j in range(nstates)]
+                r, c, d = self._loops(out, params[k].shape)
+                grad = f"g{k}[{r}, {c}] * scale"
+                self._update_entry(out, form, r, c, grad, f"p{k}", states, count="bad += z != z")
+                out.depth -= d
+        elif rest:
+            labels = ", ".join(comment_text(params[k].label) for k in rest)
+            tuples = [_tuple(f"p{k}" for k in rest), _tuple(f"g{k}" for k in rest)]
+            tuples += [_tuple(f"s{k}_{j}" for k in rest) for j in range(nstates)]
+            out(f"# {labels}")
+            out(f"bad += step_each({', '.join(tuples)}, {knobs})")
+
+    def _row(self, node: Node) -> str:
+        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``)."""
+        while isinstance(node, Transpose):
+            node = node.args[0]
+        return f"{self.name(node)}[0]"
+
+    def step_kernels(self, rule: UpdateRule) -> str:
+        """``step_entries`` and ``step_outer``: the rule on every entry of one
+        parameter, given its gradient array or the two factors of a batch-of-one
+        outer product; ``step_each``: ``step_entries`` over a tuple of parameters.
+        Each returns how many new values are not finite (float32: whether any is)."""
+        form = UpdateForm.of(rule)
+        states = [f"s{j}" for j in range(len(form.states))]
+        knobs = ["scale", "t", *map(str, form.hypers), *map(str, form.hoisted.values())]
+        parts = []
+        for name, grad_args, doc in (
+            ("step_entries", ["g"], "the gradient in ``g``"),
+            ("step_outer", ["a", "b"], "the gradient a[r]·b[c] (a batch of one)"),
+            (
+                "step_outer_dot",
+                ["a", "b", "xn", "zn"],
+                "the gradient a[r]·b[c] (a batch of one); also zn = p·xn with the new\n"
+                "    values (the next sample's product, while p is in cache)",
+            ),
+        ):
+            outer = name != "step_entries"
+            dot = name == "step_outer_dot"
+            out = _Lines()
+            # the dot product along a row vectorises only if its sum may be reassociated
+            out(_DECORATOR_REASSOC if dot else _DECORATOR)
+            out(f"def {name}({', '.join(['p', *grad_args, *states, *knobs])}):")
+            with out.indent():
+                out(f'"""The optimizer rule on every entry of ``p``, {doc}."""')
+                # the non-finite count: an int sum vectorises well next to float64 lanes;
+                # next to 8 float32 lanes widening to int64 halves the speed, and a bool
+                # OR does not (measured on a 256×784 sweep: 35 vs 51 µs; no check: 21)
+                out("bad = False" if self.float32 else "bad = 0")
+                out("for r in range(p.shape[0]):")
+                with out.indent():
+                    if outer:
+                        out("av = a[r] * scale")
+                    if dot:
+                        out(f"acc = {self.scalar._num(0)}")
+                    out("for c in range(p.shape[1]):")
+                    with out.indent():
+                        grad = "av * b[c]" if outer else "g[r, c] * scale"
+                        # the dot's sum is the non-finite check of its row, see below
+                        count = "" if dot else None
+                        self._update_entry(out, form, r="r", c="c", grad=grad, count=count)
+                        if dot:
+                            out("acc += p[r, c] * xn[c]")
+                    if dot:
+                        out("zn[r] = acc")
+                        # with xn finite (checked data), a new value that is inf or
+                        # NaN makes the dot inf or NaN, so the row needs a look only
+                        # then (or when a finite sum overflows): the sweep does no
+                        # per-entry check (measured, 256×784: 63 → 57 µs in float64,
+                        # 42 → 33 in float32)
+                        out("if not math.isfinite(acc):")
+                        with out.indent():
+                            out("for c in range(p.shape[1]):")
+                            with out.indent():
+                                out(
+                                    "z = p[r, c] - p[r, c]  # NaN exactly when p[r, c] is inf or NaN"
+                                )
+                                out("bad |= z != z" if self.float32 else "bad += z != z")
+                out("return bad")
+            parts.append(out.text())
+        out = _Lines()
+        out(_DECORATOR)
+        tuples = ["ps", "gs", *[f"s{j}s" for j in range(len(states))]]
+        out(f"def step_each({', '.join([*tuples, *knobs])}):")
+        with out.indent():
+            out('"""step_entries on every parameter of a tuple: one call per training step."""')
+            out("bad = 0")
+            out("for k in range(len(ps)):")
+            with out.indent():
+                args = ", ".join([f"{t}[k]" for t in tuples] + knobs)
+                out(f"bad += step_entries({args})")
+            out("return bad")
+        parts.append(out.text())
+        return "\n\n".join(parts)
+
+    def _update_entry(
+        self,
+        body: _Lines,
+        form: UpdateForm,
+        r: str,
+        c: str,
+        grad: str,
+        p: str = "p",
+        state_arrays: list[str] | None = None,
+        count: str | None = None,
+    ) -> None:
+        """The optimizer rule on entry (r, c) of ``p``, whose gradient is ``grad``;
+        ``state_arrays`` (default s0, s1, …) hold the optimizer state, ``count``
+        adds a non-finite new value to ``bad`` ("": no check here)."""
+        theta, states = form.theta, form.states
+        s = state_arrays or [f"s{j}" for j in range(len(states))]
+        body(f"th = {p}[{r}, {c}]")
+        body(f"gr = {grad}")
+        for j in range(len(states)):
+            body(f"st{j} = {s[j]}[{r}, {c}]")
+        for t_sym, e in form.temps:
+            body(f"{t_sym} = {self.scalar.doprint_expr(e)}")
+        for tgt, e in zip(form.targets, form.values):
+            body(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+        for tgt in form.targets:
+            if tgt == theta:
+                body(f"{p}[{r}, {c}] = new_{tgt}")
+                if count == "":  # the caller checks the new values its own way
+                    continue
+                body(f"z = new_{tgt} - new_{tgt}  # NaN exactly when new_{tgt} is inf or NaN")
+                body(count or ("bad |= z != z" if self.float32 else "bad += z != z"))
+            else:
+                body(f"{s[states.index(tgt)]}[{r}, {c}] = new_{tgt}")
+
+    def fused_gradients(self) -> dict[int, tuple[Node, Node]]:
+        """Parameters (of at least FUSED_MIN_ENTRIES entries) whose gradient is an outer
+        product summed over the batch, Σₙ δₙ·xₙᵀ, printed into their own buffer: the
+        training kernel updates them in one sweep at batch size 1 (see update_body)."""
+        fused = {}
+        for k, (p, gn) in enumerate(zip(self.deriv.graph.params, self.deriv.grads)):
+            if (
+                isinstance(gn, MatMul)
+                and gn.contract
+                and p.size >= FUSED_MIN_ENTRIES
+                and self.names.get(gn.id) == f"g{k}"
+                and all(_batched_vector(arg) for arg in gn.args)
+            ):
+                fused[k] = tuple(gn.args)
+        return fused
+
+    # -- kernels ------------------------------------------------------------------
+
+    def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
+        gather = [f"{n}buf" for n in self.data_names()]
+        args = self.train_args(rule, gather + self.value_names() + self.delta_names())
+        fused = self.fused_gradients()
+        self._ahead = self.product_ahead(fused)
+        before = ["ahead = False  # W·x of this step's sample formed in the last update"]
+        out = _Lines()
+        try:
+            self._train_body(out, args, rule, fused, before if self._ahead else ())
+        finally:
+            self._ahead = None
+        return out.text(), args
+
+    def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:
+        """A training kernel's arguments: loop and optimizer scalars, the whole data,
+        parameters and optimizer state, then its own ``buffers``, gradients and outputs."""
+        nstate = len(rule.state_names)
+        nparams = len(self.deriv.graph.params)
+        states = [f"s{k}_{j}" for k in range(nparams) for j in range(nstate)]
+        args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
+        args += [n.upper() for n in self.data_names()] + self.param_names() + states
+        return [*args, *buffers, *self.grad_names(), "losses", "gnorms"]
+
+    def record_loss(self, out: _Lines) -> None:
+        """Store the step's mean loss; stop (status 1) before any update if it is not finite."""
+        out("losses[step - start] = loss")
+        out("if not math.isfinite(loss):  # nothing was updated yet")
+        with out.indent():
+            out("return 1, step")
+
+    def _train_body(self, out: _Lines, args, rule: UpdateRule, fused, before) -> None:
+        data = self.data_names()
+        full = [n.upper() for n in data]
+        gather = [f"{n}buf" for n in data]
+        with self.train_loop(out, "train", args, before=before):
+            if data:
+                out("if shuffle:")
+                with out.indent():
+                    for buf, big in zip(gather, full):
+                        out(f"gather_rows({buf}, {big}, perm, lo, n)")
+                    for name, buf in zip(data, gather):
+                        out(f"{name} = {buf}[:n]")
+                out("else:")
+                with out.indent():
+                    for name, big in zip(data, full):
+                        out(f"{name} = {big}[lo:lo + n]")
+            grads = self.deriv.grads
+            skip = frozenset(grads[k].id for k in fused)
+            if self.one_sample_pass(skip):
+                out("# ---- forward and backward, one sample at a time")
+                self.forward_backward_body(out, skip)
+                self.record_loss(out)
+            else:
+                out("# ---- forward")
+                self.forward_body(out)
+                self.record_loss(out)
+                out("# ---- backward")
+                self.backward_body(out, skip)
+            self.norms_and_update(out, rule, fused)
+
+    def product_ahead(self, fused: dict[int, tuple[Node, Node]]) -> Ahead | None:
+        """A first-layer product W·x whose W is updated in a batch-of-one sweep
+        (``fused``): that sweep can form the next sample's W·x with the new values
+        while W is in cache, so a step reads W once instead of twice."""
+        for k, (_, b) in fused.items():
+            x = b.args[0] if isinstance(b, Transpose) else b
+            if not (isinstance(x, Leaf) and x.role == "input"):
+                continue
+            p = self.deriv.graph.params[k]
+            for node in self.deriv.forward:
+                if (
+                    isinstance(node, MatMul)
+                    and not node.contract
+                    and node.batched
+                    and node.args[0].id == p.id
+                    and node.args[1].id == x.id
+                    and node.id in self.names
+                    and 1 in node.shape
+                ):
+                    return Ahead(k, node, x)
+        return None
+
+    @contextmanager
+    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = "", before=()):
+        """A training kernel's signature and step loop; the body goes inside the loop
+        (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch)."""
+        out(decorator or _DECORATOR)
+        out(f"def {name}({', '.join(args)}):")
+        with out.indent():
+            out('"""Update steps start..stop (counted from the first epoch), without returning')
+            out("to Python; each epoch starts with its shuffle (seed: (seed + epoch) mod 2⁶³).")
+            out("")
+            out("Forward, backward and update are inlined so that LLVM sees one loop.")
+            out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
+            out('became non-finite at that step (no update was kept for 1 and 2)."""')
+            out("nbatches = (nrows + bs - 1) // bs")
+            for line in before:
+                out(line)
+            out("for step in range(start, stop):")
+            with out.indent():
+                out("batch_no = step % nbatches")
+                out("if shuffle and batch_no == 0:  # a new epoch")
+                with out.indent():
+                    out("shuffle_epoch(perm, nrows, seed, step // nbatches)")
+                out("lo = batch_no * bs")
+                out("n = min(bs, nrows - lo)")
+                out("inv_n = F(1.0) / F(n)")
+                yield
+            out("return 0, stop")
+
+    def norms_and_update(
+        self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]
+    ) -> None:
+        """The end of a training step: gradient norms (History, clip_norm, the
+        divergence check), then the update; the printed code returns status 2 or 3
+        when they fail."""
+        g = self.deriv.graph
+        grads = self.deriv.grads
+        out("# ---- gradient norms (History, clip_norm, divergence check)")
+        out("total = 0.0")
+        if fused:
+            out("if n == 1:  # ‖δ₀·x₀ᵀ‖² = ‖δ₀‖²·‖x₀‖²: no gradient buffer to read")
+            with out.indent():
+                for k, (a, b) in fused.items():
+                    self._outer_norm(out, k, a, b)
+            out("else:")
+            with out.indent():
+                for k in fused:
+                    self.statement(out, grads[k])
+                    self._buffer_norm(out, k)
+        rest = [k for k in range(len(g.params)) if k not in fused]
+        if _small(g.params[k].shape for k in rest):
+            for k in rest:
+                out("sq = 0.0")
+                r, c, d = self._loops(out, g.params[k].shape)
+                out(f"sq += g{k}[{r}, {c}] * g{k}[{r}, {c}]")
+                out.depth -= d
+                out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
+                out("total += sq")
+        elif rest:  # squared: the roots are taken outside
+            out(
+                f"total += sum_squares_into(gnorms[step - start], {_tuple(rest)}, "
+                f"{_tuple(f'g{k}' for k in rest)})"
+            )
+        out("if not math.isfinite(total):")
+        with out.indent():
+            out("return 2, step")
+        out("scale = F(1.0)")
+        out("if clip > 0.0 and math.sqrt(total) > clip:")
+        with out.indent():
+            out("scale = F(clip / math.sqrt(total))")
+        out("t = F(opt_step + step - start + 1)")
+        out("# ---- update")
+        self.update_body(out, rule, fused)
+        out("if bad:")
+        with out.indent():
+            out("return 3, step")
+
+    def _buffer_norm(self, out: _Lines, k: int) -> None:
+        out(f"sq = sum_squares(g{k})")
+        out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
+        out("total += sq")
+
+    def _outer_norm(self, out: _Lines, k: int, a: Node, b: Node) -> None:
+        with self.scope(out) as inner:
+            for acc, node, (rows, cols) in (
+                ("sq0", a, (a.shape[0], 1)),
+                ("sq1", b, (1, b.shape[1])),
+            ):
+                inner(f"{acc} = 0.0")
+                r, c, d = self._loops(inner, (rows, cols))
+                e = self.elem(node, "0", r, c)
+                inner(f"{acc} += {e} * {e}")
+                inner.depth -= d
+            inner(f"gnorms[step - start, {k}] = sq0 * sq1  # squared: the root is taken outside")
+            inner("total += sq0 * sq1")
+
+
+def _batched_vector(node: Node) -> bool:
+    """A per-sample column or row in a buffer (or data slice) whose row 0 is sample 0."""
+    while isinstance(node, Transpose):
+        node = node.args[0]
+    return node.batched and 1 in node.shape
+
+
+def _small(shapes) -> bool:
+    """Whether arrays of these shapes are small enough for printed loops (INLINE_MAX_ENTRIES)."""
+    return sum(r * c for r, c in shapes) <= INLINE_MAX_ENTRIES
+
+
+def _tuple(items) -> str:
+    """A tuple display in source: ``(a,)``, ``(a, b)``."""
+    items = [str(x) for x in items]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+_DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
+# reassoc (and FMA contraction) only: no nnan/ninf, the non-finite checks stay exact
+_DECORATOR_REASSOC = (
+    '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False)'
+)

@@ -214,6 +214,14 @@ def test_abs_with_scalar_sigmoid_inside():
     assert float(grads["w"]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0]], ["a", "b"]], ids=["ragged", "text"])
+def test_data_that_is_not_an_array_of_numbers_is_refused_by_name(bad):
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+    with pytest.raises(gc.GradcError, match=r"input 'x': data is not an array of real numbers"):
+        prog.loss(prog.init({w: 1.0}), bad, np.array([0.0, 1.0]))
+
+
 def test_complex_data_is_refused():
     # was: cast to float with only a ComplexWarning, the imaginary part dropped
     w, x, y = sp.symbols("w x y")

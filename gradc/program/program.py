@@ -210,15 +210,16 @@ class Program:
             if leaf.label not in names:
                 raise GradcError(f"missing parameter {leaf.label!r} in params")
             out.append(param_array(leaf, params[names[leaf.label]], self.dtype))
-        if check:
-            self._check_params(out)
+        if check and (error := self._nonfinite_param(out)):
+            raise error
         return out
 
-    def _check_params(self, p: list[np.ndarray]) -> None:
+    def _nonfinite_param(self, p: list[np.ndarray]) -> GradcError | None:
+        """The error naming the first parameter with a NaN or inf entry, if any."""
         bad = first_nonfinite(p)
-        if bad >= 0:
-            label = self.graph.params[bad].label
-            raise GradcError(f"parameter {label!r} contains NaN or inf")
+        if bad < 0:
+            return None
+        return GradcError(f"parameter {self.graph.params[bad].label!r} contains NaN or inf")
 
     def _data(self, X, Y, *, need_targets=True):
         return data_arrays(
@@ -332,15 +333,14 @@ class Program:
         # check costs more than a step)
         p = self._params(params, check=False)
         data, plan = self._fit_plan(X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm)
-        if plan.total_steps == 0:
-            self._check_params(p)
+        if plan.total_steps == 0 and (error := self._nonfinite_param(p)):
+            raise error
         try:
             history = self._run_fit(opt, params, p, data, plan, progress, record_path)
         except GradcError:
-            bad = first_nonfinite(p)  # back at their last finite values, or the user's
-            if bad >= 0:
-                label = self.graph.params[bad].label
-                raise GradcError(f"parameter {label!r} contains NaN or inf") from None
+            # the parameters are back at their last finite values, or the caller's
+            if error := self._nonfinite_param(p):
+                raise error from None
             raise
         if warn_health:
             warn_if_unhealthy(history.norm_matrix, self._param_names, history.weights)

@@ -140,3 +140,10 @@ class UpdateForm:
         exprs = [hoist(e) for e in exprs]
         temps, values = sp.cse(exprs, symbols=sp.numbered_symbols("t_"), optimizations="basic")
         return cls(theta, g, states, hypers, targets, hoisted, temps, list(values))
+
+    def new_values(self, doprint) -> list[str]:
+        """The lines computing every target's new value (``new_th``, ``new_st0``…)
+        from the old ones, ``doprint`` printing each expression."""
+        lines = [f"{t_sym} = {doprint(e)}" for t_sym, e in self.temps]
+        lines += [f"new_{tgt} = {doprint(e)}" for tgt, e in zip(self.targets, self.values)]
+        return lines

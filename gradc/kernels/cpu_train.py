@@ -222,10 +222,8 @@ class TrainPrinter:
         body(f"gr = {grad}")
         for j in range(len(states)):
             body(f"st{j} = {s[j]}[{r}, {c}]")
-        for t_sym, e in form.temps:
-            body(f"{t_sym} = {self.scalar.doprint_expr(e)}")
-        for tgt, e in zip(form.targets, form.values):
-            body(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+        for line in form.new_values(self.scalar.doprint_expr):
+            body(line)
         for tgt in form.targets:
             if tgt == theta:
                 body(f"{p}[{r}, {c}] = new_{tgt}")

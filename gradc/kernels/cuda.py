@@ -691,10 +691,8 @@ class CudaPrinter(CpuPrinter):
             out("gr = g[r, c] * scale")
             for j, st in enumerate(form.states):
                 out(f"{st} = s{j}[r, c]  # {comment_text(rule.state_names[j])}")
-            for t_sym, e in form.temps:
-                out(f"{t_sym} = {self.scalar.doprint_expr(e)}")
-            for tgt, e in zip(form.targets, form.values):
-                out(f"new_{tgt} = {self.scalar.doprint_expr(e)}")
+            for line in form.new_values(self.scalar.doprint_expr):
+                out(line)
             for tgt in form.targets:
                 if tgt == form.theta:
                     out(f"p[r, c] = new_{tgt}")

@@ -596,3 +596,48 @@ def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch
         np.testing.assert_allclose(hist.grad_norms[k], [n[k] for n in norms], rtol=1e-10)
     assert_dicts_close(params, want, rtol=1e-10, atol=1e-13, what=f"Adam {widths}")
     assert ("step_each" in prog.source["train"]) == (batch == 3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_one_kernel_call_per_fit_matches_per_epoch_and_per_step_calls(batch_size):
+    """fit runs every epoch in one kernel call (it reshuffles at each epoch's
+    start); a progress bar splits the run per epoch and record_path per step.
+    All three must give the same steps: the δ recursion replayed with fit's
+    documented seeded shuffle, with steps= ending inside an epoch."""
+    widths, acts = [3, 5, 2], ["tanh", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=29, scale=0.7)
+    prog = gc.compile(net, loss=gc.mse)
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 10, 29)
+    nb = -(-10 // batch_size)
+    steps = 2 * nb + 1  # two epochs and the first step of a third
+    runs = {}
+    for how in ("one call", "progress", "record_path"):
+        params = prog.init(values)
+        hist = prog.fit(
+            params,
+            X,
+            Y,
+            optimizer=gc.SGD(0.3),
+            steps=steps,
+            batch_size=batch_size,
+            seed=11,
+            progress=how == "progress",
+            record_path=how == "record_path",
+        )
+        runs[how] = (params, hist)
+    want = {k: np.array(v, float) for k, v in values.items()}
+    losses = []
+    for step in range(steps):
+        epoch, b = divmod(step, nb)
+        if b == 0:
+            perm = np.arange(10)
+            shuffle_rows(perm, 10, np.uint64((11 * 1_000_003 + epoch) % 2**63))
+        rows = perm[b * batch_size : (b + 1) * batch_size]
+        loss, g = mlp_grad_dict(want, names, acts, X[rows], Y[rows])
+        losses.append(loss)
+        want = {k: want[k] - 0.3 * g[k] for k in want}
+    for how, (params, hist) in runs.items():
+        np.testing.assert_allclose(hist.loss, losses, rtol=1e-12, err_msg=how)
+        assert_dicts_close(params, want, rtol=1e-11, atol=1e-14, what=how)
+    assert len(runs["record_path"][1].path) == steps + 1

@@ -326,6 +326,20 @@ class Program:
         stops, ``params`` go back to their last finite values, and ``GradcError``
         says at which step. ``warn_health`` warns once (``GradientHealthWarning``)
         about vanishing or exploding gradients, naming the remedies.
+
+        All epochs run in one call of the compiled kernel, which reshuffles at
+        each epoch's start (epoch e with the seed (seed·1,000,003 + e) mod 2⁶³, so
+        a run can be replayed); ``progress`` splits the run per epoch and
+        ``record_path`` per step.
+
+        >>> import numpy as np, sympy as sp, gradc as gc
+        >>> w, x, y = sp.symbols("w x y")
+        >>> prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+        >>> params = prog.init({w: 0.0})
+        >>> X = np.array([1.0, 2.0, 3.0])
+        >>> hist = prog.fit(params, X, 2 * X, optimizer=gc.SGD(0.1), epochs=50, batch_size=1)
+        >>> round(float(params["w"]), 6), hist.steps, len(hist.epoch_loss)
+        (2.0, 150, 50)
         """
         opt = self._fit_optimizer(optimizer)
         # a NaN or inf parameter makes the first step fail (its update cannot be

@@ -41,7 +41,7 @@ from ..spec.optimizers import UpdateRule
 from .cache import module_name
 from .common import Lines as _Lines
 from .common import comment_text, entry_atoms, map_expression
-from .cpu_train import _DECORATOR, Ahead, TrainPrinter, _small, _tuple
+from .cpu_train import _DECORATOR, TrainPrinter, _small, _tuple
 from .scalar_printer import ScalarPrinter
 
 __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
@@ -120,7 +120,6 @@ class CpuPrinter(TrainPrinter):
         self._scopes = 0
         # buffers (name, shape) the sample loop being printed zeroes first
         self._group: list[tuple[str, tuple[int, int]]] | None = None
-        self._ahead: Ahead | None = None  # training kernel: a product formed a step ahead
         self._name_everything()
 
     # -- naming --------------------------------------------------------------

@@ -21,16 +21,15 @@ class GradientHealthWarning(UserWarning):
     """Gradients that vanish or explode across layers or steps."""
 
 
-# Medians are taken over at most ~this many evenly spaced steps: a health
-# heuristic needs no more, and fit runs it after every call (full medians of a
-# 2,048-step history cost ~75 µs here, more than the whole 3-4-2 epoch's kernel
-# overhead).
+# Medians are taken over at most ~2·SAMPLES evenly spaced steps: a health
+# heuristic needs no more, and fit runs it after every call (the full medians
+# of a 2,048-step history cost ~75 µs here).
 SAMPLES = 128
 
 
 def _spaced(values: np.ndarray) -> np.ndarray:
-    """At most ~2·SAMPLES evenly spaced entries of ``values`` (a view)."""
-    return values[:: max(1, values.size // SAMPLES)]
+    """At most ~2·SAMPLES evenly spaced steps (rows) of ``values`` (a view)."""
+    return values[:: max(1, len(values) // SAMPLES)]
 
 
 def _middle(values: np.ndarray) -> float:
@@ -62,7 +61,7 @@ def diagnose(norms: np.ndarray, names: list[str], weights: list[str]) -> list[st
     steps = len(norms)
     if not steps:
         return found
-    spaced = norms[:: max(1, steps // SAMPLES)]
+    spaced = _spaced(norms)
     if len(weights) >= 2:
         first, last = weights[0], weights[-1]
         pair = spaced[:, [names.index(first), names.index(last)]]
@@ -80,8 +79,7 @@ def diagnose(norms: np.ndarray, names: list[str], weights: list[str]) -> list[st
     if steps >= 4:
         # the total gradient norm over the first and the last tenth of the steps
         k = max(1, steps // 10)
-        stride = max(1, k // SAMPLES)
-        ends = np.stack([norms[:k:stride], norms[steps - k :: stride]])  # (2, ≤k, parameters)
+        ends = np.stack([_spaced(norms[:k]), _spaced(norms[steps - k :])])  # (2, ≤k, params)
         total = np.sqrt(np.einsum("wsp,wsp->ws", ends, ends))
         mid = total.shape[1] // 2
         early, late = np.partition(total, mid, axis=1)[:, mid]

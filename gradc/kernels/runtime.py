@@ -189,6 +189,7 @@ class _Format:
     clamp: tuple[float, float]  # inputs beyond give 0 or inf anyway
     ln2: tuple[float, float]  # ln2 in two parts, the first with trailing zero bits
     degree: int  # of the Taylor polynomial on |r| ≤ ln2/2
+    estrin: bool  # evaluate it by Estrin's scheme (else Horner's)
     bias: int  # exponent bias
     mantissa: int  # mantissa bits
     overflow: float  # above: inf
@@ -205,6 +206,7 @@ _FLOAT64 = _Format(
     clamp=(-746.0, 710.0),
     ln2=(_LN2_HI, _LN2_LO),
     degree=13,  # error < 1e-17
+    estrin=True,
     bias=1023,
     mantissa=52,
     overflow=_EXP_OVERFLOW,
@@ -219,6 +221,7 @@ _FLOAT32 = _Format(
     clamp=(-104.0, 89.0),
     ln2=(0.693359375, -2.12194440e-4),  # 9 significant bits: k·ln2[0] exact for |k| ≤ 150
     degree=7,  # error < 1e-8
+    estrin=False,
     bias=127,
     mantissa=23,
     overflow=88.72283935546875,
@@ -226,9 +229,26 @@ _FLOAT32 = _Format(
 )
 
 
+def _estrin(builder: ir.IRBuilder, x: ir.Value, x2: ir.Value, coeffs: list) -> ir.Value:
+    """Σₖ coeffs[k]·xᵏ: neighbours pair up as a + b·x, then pairs of those with x²,
+    x⁴, …; every level's FMAs are independent of each other."""
+    fused = ("contract",)
+    terms, power = coeffs, x
+    while len(terms) > 1:
+        paired = [
+            builder.fadd(builder.fmul(terms[k + 1], power, flags=fused), terms[k], flags=fused)
+            for k in range(0, len(terms) - 1, 2)
+        ]
+        if len(terms) % 2:
+            paired.append(terms[-1])
+        terms = paired
+        power = x2 if power is x else builder.fmul(power, power)
+    return terms[0]
+
+
 def _exp_ir(builder: ir.IRBuilder, x: ir.Value, fmt: _Format) -> ir.Value:
     """exp(x) = 2ᵏ·exp(r), k = rint(x/ln2), r = x − k·ln2 (two-part ln2), exp(r) by a
-    Taylor polynomial (FMA-contracted), 2ᵏ built in the exponent bits in two halves
+    Taylor polynomial (FMA-contracted, Estrin's scheme), 2ᵏ built in the exponent bits in two halves
     so that results down to the denormals stay exact."""
     c, ity, fty = fmt.const, fmt.int_type, fmt.float_type
     fused = ("contract",)
@@ -241,9 +261,19 @@ def _exp_ir(builder: ir.IRBuilder, x: ir.Value, fmt: _Format) -> ir.Value:
     kf = builder.call(rint, [builder.fmul(xc, c(_LOG2E))])
     r = builder.fsub(xc, builder.fmul(kf, c(fmt.ln2[0])))
     r = builder.fsub(r, builder.fmul(kf, c(fmt.ln2[1])))
-    p = c(_TAYLOR[fmt.degree])
-    for coeff in reversed(_TAYLOR[: fmt.degree]):
-        p = builder.fadd(builder.fmul(p, r, flags=fused), c(coeff), flags=fused)
+    if fmt.estrin:
+        # exp(r) = 1 + (r + r²·q(r)), q by Estrin's scheme: its terms pair up in
+        # a tree of depth log₂(degree) instead of Horner's chain of `degree`
+        # dependent FMAs, whose latency bounded the vector loop (float64: 2.5 →
+        # 2.1 ns per entry here). float32 keeps Horner's order: with Estrin's
+        # its degree-7 polynomial was 1.07 ulp off.
+        r2 = builder.fmul(r, r)
+        q = _estrin(builder, r, r2, [c(a) for a in _TAYLOR[2 : fmt.degree + 1]])
+        p = builder.fadd(c(1.0), builder.fadd(builder.fmul(r2, q, flags=fused), r, flags=fused))
+    else:
+        p = c(_TAYLOR[fmt.degree])
+        for coeff in reversed(_TAYLOR[: fmt.degree]):
+            p = builder.fadd(builder.fmul(p, r, flags=fused), c(coeff), flags=fused)
     k = builder.fptosi(kf, ir.IntType(32))  # i32: AVX2 converts 4 doubles at once
     if ity.width != 32:
         k = builder.sext(k, ity)

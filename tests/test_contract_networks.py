@@ -459,19 +459,27 @@ def test_random_networks(case):
         assert_dicts_close(grads, fd, rtol=1e-6, atol=1e-8, what=f"random net {case} vs FD")
 
 
-def test_blas_loop_and_fused_paths_against_the_delta_recursion():
+@pytest.mark.parametrize(
+    "acts, loss_name",
+    [(["sigmoid", "tanh"], "mse"), (["tanh", "sigmoid"], "mse"), (["relu", "identity"], "ce")],
+)
+def test_blas_loop_and_fused_paths_against_the_delta_recursion(acts, loss_name):
     """A 24-48-3 network takes every kernel path: BLAS layer products and weight
     gradients (batch 16), printed loops (batch 5), and at batch 1 the sweep that
-    forms W1's gradient δ·xᵀ inside the update (W1 has 1,152 entries). Gradients
-    and SGD runs are replayed with the NumPy δ recursion."""
-    widths, acts = [24, 48, 3], ["sigmoid", "tanh"]
+    forms W1's gradient δ·xᵀ inside the update (W1 has 1,152 entries). Its
+    3-wide head takes its exps over the whole batch in one flat loop (sigmoid;
+    softmax cross-entropy: log-sum-exp and δŷ). Gradients and SGD runs are
+    replayed with the NumPy δ recursion."""
+    widths = [24, 48, 3]
     net, values = _net_and_params(widths, acts, seed=41, scale=0.3)
-    prog = gc.compile(net, loss=gc.mse)
+    ce = loss_name == "ce"
+    ref = "softmax_cross_entropy" if ce else "mse"
+    prog = gc.compile(net, loss=gc.softmax_cross_entropy if ce else gc.mse)
     names = _layer_names(net)
-    X, Y = _data(widths, "mse", 16, 41)
+    X, Y = _data(widths, ref, 16, 41)
     for n in (16, 5, 1):
         loss, grads = prog.value_and_grad(prog.init(values), X[:n], Y[:n])
-        ref_loss, ref_grads = mlp_grad_dict(values, names, acts, X[:n], Y[:n])
+        ref_loss, ref_grads = mlp_grad_dict(values, names, acts, X[:n], Y[:n], ref)
         assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
         assert_dicts_close(grads, ref_grads, rtol=1e-9, atol=1e-13, what=f"batch {n}")
     lr = 0.1
@@ -480,7 +488,7 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion():
         hist = prog.fit(params, X, Y, optimizer=gc.SGD(lr), batch_size=bs, shuffle=False)
         want = {k: np.array(v, float) for k, v in values.items()}
         for s in range(0, 16, bs):
-            _, g = mlp_grad_dict(want, names, acts, X[s : s + bs], Y[s : s + bs])
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + bs], Y[s : s + bs], ref)
             want = {k: want[k] - lr * g[k] for k in want}
         assert len(hist.loss) == -(-16 // bs)
         assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"fit batch {bs}")
@@ -493,7 +501,7 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion():
         perm = np.arange(16)
         shuffle_rows(perm, 16, np.uint64((5 * 1_000_003 + epoch) % 2**63))
         for s in perm:
-            _, g = mlp_grad_dict(want, names, acts, X[s : s + 1], Y[s : s + 1])
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + 1], Y[s : s + 1], ref)
             want = {k: want[k] - lr * g[k] for k in want}
     assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what="fit batch 1, shuffled")
 

@@ -61,3 +61,31 @@ def test_progress_line_without_tqdm(capsys, monkeypatch):
     hist = prog.fit(params, X, Y, epochs=2, batch_size=4, progress=True)
     err = capsys.readouterr().err
     assert f"step {hist.steps}/{hist.steps}" in err and "epoch 2" in err and "samples/s" in err
+
+
+def test_diagnose_reads_squared_norms_as_the_norms():
+    """fit hands the health check the kernels' squared norms (no roots taken):
+    the same findings, with the norms themselves in the text."""
+    steps = 200
+    grow = np.geomspace(1.0, 1e6, steps)
+    small = np.full(steps, 1e-7)
+    norms = np.stack([small, grow, grow], axis=1)
+    names = ["W1", "b1", "W2"]
+    plain = diagnose(norms, names, ["W1", "W2"])
+    squared = diagnose(norms**2, names, ["W1", "W2"], squared=True)
+    assert [f.split(":")[0] for f in plain] == ["vanishing gradients", "exploding gradients"]
+    assert squared == plain  # the numbers printed too: norms, not their squares
+
+
+def test_history_grad_norms_are_the_roots_of_what_the_kernel_recorded():
+    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
+    prog = gc.compile(net, loss=gc.mse)
+    params = prog.init(seed=1)
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    start = {k: v.copy() for k, v in params.items()}
+    hist = prog.fit(params, X, Y, optimizer=gc.SGD(0.1), epochs=1, batch_size=8)
+    grads = prog.grad(start, X, Y)  # the one step's gradient, at the starting point
+    for k, g in grads.items():
+        assert hist.grad_norms[k][0] == pytest.approx(np.linalg.norm(g), rel=1e-12)
+    assert hist.norm_matrix.shape == (1, len(grads))

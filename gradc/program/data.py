@@ -101,15 +101,15 @@ def _first_bad_row(arr: np.ndarray) -> int:
 
 def _one(leaf: Leaf, value) -> np.ndarray:
     """``value`` as a float (n, entries) array (not yet checked for NaN or inf)."""
-    got = type(value).__name__
+    arr = None
     try:
         arr = np.asarray(value)
-        got = str(arr.dtype)
         if arr.dtype.kind == "c":
             raise TypeError
         if arr.dtype.kind != "f":  # float data stays as it is until the conversion to dtype
             arr = np.asarray(arr, dtype=float)
     except (TypeError, ValueError):
+        got = type(value).__name__ if arr is None else arr.dtype
         raise GradcError(
             f"{leaf.role} {leaf.label!r}: data is not an array of real numbers (got {got})"
         ) from None

@@ -357,7 +357,8 @@ class Program:
                 raise error from None
             raise
         if warn_health:
-            warn_if_unhealthy(history.norm_matrix, self._param_names, history.weights)
+            norms, squared = history.health_input()
+            warn_if_unhealthy(norms, self._param_names, history.weights, squared=squared)
         return history
 
     def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
@@ -453,7 +454,7 @@ class Program:
             if bar is not None:
                 bar.close()
             history.loss = losses[:done]
-            history.set_norms(np.sqrt(sq_norms[:done]), self._param_names)
+            history.set_squared_norms(sq_norms[:done], self._param_names)
             if has_data:
                 history.epoch_loss, history.samples = _epoch_means(losses[:done], plan)
             history.path = path
@@ -546,6 +547,8 @@ class Program:
         for leaf, arr in zip(self.graph.params, p):
             key = names[leaf.label]
             user = params[key]
+            if arr is user or arr.base is user:  # a view: the kernels wrote into it
+                continue
             if (
                 isinstance(user, np.ndarray)
                 and user.dtype == arr.dtype

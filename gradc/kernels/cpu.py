@@ -186,7 +186,7 @@ class CpuPrinter(TrainPrinter):
                 counters[role] += 1
                 self.names[node.id] = name
                 self.buffers.append(Buffer(name, node, node.batched, node.shape, role))
-                if self._batch_exp(node) is not None and isinstance(node, LogSumExp):
+                if self._batch_logsumexp(node):
                     # the exps it sums, taken over the whole batch
                     name = f"{prefix}{counters[role]}"
                     counters[role] += 1
@@ -286,7 +286,8 @@ class CpuPrinter(TrainPrinter):
         if isinstance(node, (Transpose, Leaf)) or node.id in self.inlined:
             return True  # prints nothing
         if isinstance(node, (Map, SumAll, LogSumExp)):
-            return node.batched and self._batch_exp(node) is None
+            batch_exp = self._batch_exp(node) is not None or self._batch_logsumexp(node)
+            return node.batched and not batch_exp
         if isinstance(node, MatMul):
             if _has_blas_branch(node):
                 return False  # BLAS takes the whole batch at once
@@ -455,22 +456,31 @@ class CpuPrinter(TrainPrinter):
 
     @functools.cached_property
     def _batch_exps(self) -> bool:
-        """Whether narrow layers take their exp over the whole batch (``_batch_exp``):
+        """Whether narrow layers take their exps over the whole batch (``_batch_exp``):
         in kernels with BLAS products, whose batches are large. A small network's
         one-sample pass (``one_sample_pass``) keeps every statement in its loop."""
         nodes = self.deriv.forward + self.deriv.backward
         return any(isinstance(n, MatMul) and _has_blas_branch(n) for n in nodes)
+
+    def _narrow(self, node: Node, entries: int) -> bool:
+        return (
+            self._batch_exps
+            and node.batched
+            and node.id not in self.inlined
+            and entries < VEXP_MIN_ENTRIES
+        )
+
+    def _batch_logsumexp(self, node: Node) -> bool:
+        """Whether a log-sum-exp takes its exps over the whole batch (a narrow
+        column: a softmax head's)."""
+        return isinstance(node, LogSumExp) and self._narrow(node, node.args[0].size)
 
     def _batch_exp(self, node: Node) -> sp.Expr | None:
         """The exp(u) that a per-sample Map of fewer than VEXP_MIN_ENTRIES entries
         takes over the whole batch in one flat loop, if it has exactly one. In the
         sample's own loop 10 entries run scalar through libm (~8 ns each, and 20
         per sample in a softmax head's loss and δ); flat, ~2.5 ns."""
-        if not (node.batched and node.id not in self.inlined and self._batch_exps):
-            return None
-        if isinstance(node, LogSumExp) and node.args[0].size < VEXP_MIN_ENTRIES:
-            return sp.exp(sp.Symbol("a"))  # of each entry (minus the largest)
-        if not isinstance(node, Map) or node.size >= VEXP_MIN_ENTRIES:
+        if not (isinstance(node, Map) and self._narrow(node, node.size)):
             return None
         powers = map_expression(node, self.inlined)[0].atoms(sp.exp)
         return next(iter(powers)) if len(powers) == 1 else None
@@ -507,8 +517,8 @@ class CpuPrinter(TrainPrinter):
 
     def _print_batch_logsumexp(self, out: _Lines, node: LogSumExp) -> None:
         """log Σ exp of a narrow column with its exps taken over the whole batch in
-        one flat loop (see ``_batch_exp``): max and differences per sample, exp
-        in place, then the sums."""
+        one flat loop (see ``_batch_exp``) in its ``exp_buffers`` buffer: max and
+        differences per sample, exp in place, then the sums."""
         (a,) = node.args
         scratch, size = self.exp_buffers[node.id], a.size
         to = self.elem(node, "i", 0, 0)

@@ -614,10 +614,17 @@ def render(data: dict) -> str:
         g = by.get((cn, "gradc_fit"))
         if g and g.get("status") == "ok":
             info = g.get("info", {})
+            same = info.get("same_process")
             ex_rows.append(
                 [
                     label(cn),
                     f"{info.get('fit_one_step_us', float('nan')):,.0f}",
+                    (
+                        f"{same['fit_us'] / same['products_us']:.2f} "
+                        f"({fmt_us(same['fit_us'] * 1e-6)} / {fmt_us(same['products_us'] * 1e-6)})"
+                        if same
+                        else "—"
+                    ),
                     f"{g['us_per_step'] * g['steps']:,.0f}",
                     f"{g['us_min']:.3g}",
                     f"{g['us_p25']:.3g}–{g['us_p75']:.3g}",
@@ -628,6 +635,7 @@ def render(data: dict) -> str:
         [
             "case",
             "fit() with one step, µs per call",
+            "epoch ÷ its products alone, same process (µs/step)",
             "gradc µs per epoch (median)",
             "min µs/step",
             "p25–p75 µs/step",
@@ -796,7 +804,11 @@ def render(data: dict) -> str:
         "## gradc details",
         "",
         "*fit() with one step*: one `fit` call on a data set of one batch: the fixed "
-        "cost of a call plus one step.",
+        "cost of a call plus one step. *Epoch ÷ its products alone*: after the timed "
+        "epochs, the gradc process runs 7 fit epochs interleaved with 7 epochs of "
+        "`matmul_only`'s products (the same code as that column, in this process) and "
+        "divides the medians; processes running the same code differ by up to ~15 % "
+        "here, so this ratio is steadier than the one across processes.",
         "",
         t_extra,
         "",

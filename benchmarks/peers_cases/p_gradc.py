@@ -121,6 +121,32 @@ class Fit(_Base):
         )
         self.info["fit_one_step_us"] = t * 1e6
         self.info["timings"] = {k: float(v) for k, v in self.prog.timings.items()}
+        self._products_same_process()
+
+    def _products_same_process(self, rounds: int = 7) -> None:
+        """The epoch against its matrix products alone (``matmul_only``'s epoch), in
+        this process, interleaved: medians of ``rounds`` epochs each. Two processes
+        running the same code differed by up to 15 % here, so a ratio across
+        processes (the ``matmul_only`` column) is a rougher estimate."""
+        from . import p_numba
+
+        c = self.case
+        floor = p_numba.make("matmul_only", c, self.P, self.X, self.Y, self.ctx)
+        floor.epoch()  # compile (or load from the run's cache)
+        P0 = {k: v.copy() for k, v in self.P.items()}
+        fit_t, floor_t = [], []
+        for _ in range(rounds):
+            self.load(P0)
+            t0 = time.perf_counter()
+            self.epoch()
+            fit_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            floor.epoch()
+            floor_t.append(time.perf_counter() - t0)
+        self.load(P0)
+        fit_us = float(np.median(fit_t)) / c.steps * 1e6
+        floor_us = float(np.median(floor_t)) / c.steps * 1e6
+        self.info["same_process"] = {"fit_us": fit_us, "products_us": floor_us}
 
 
 class ValueAndGrad(_Base):
@@ -140,6 +166,7 @@ class ValueAndGrad(_Base):
 def make(peer: str, case: Case, P0, X, Y, ctx):
     if peer == "gradc_fit":
         r = Fit(case, P0, X, Y)
+        r.ctx = ctx
         r.after_timing = r.extra
         return r
     if peer == "gradc_vag":

@@ -142,7 +142,7 @@ def _checked(leaves: list[Leaf], arrays: list[np.ndarray], dtype) -> list[np.nda
     with np.errstate(over="ignore"):
         out = [np.ascontiguousarray(arr, dtype=dtype) for arr in arrays]
     changed = [k for k, (a, b) in enumerate(zip(arrays, out)) if a.dtype != b.dtype]
-    bad = first_nonfinite([out[k] for k in changed])
+    bad = first_nonfinite([out[k] for k in changed]) if changed else -1
     if bad >= 0:
         leaf, arr = leaves[changed[bad]], out[changed[bad]]
         raise GradcError(

@@ -69,6 +69,14 @@ DOT_SPLIT_MIN = 8
 DOT_LANES = 4
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A read of a per-sample buffer that is no node's value (a log-sum-exp's
+    exps, or its 1 / Σ), where reads name a node."""
+
+    buffer: str
+
+
 @dataclass
 class Buffer:
     name: str
@@ -113,6 +121,9 @@ class CpuPrinter(TrainPrinter):
     """Prints node statements; one ``_print_<Kind>`` method per node kind."""
 
     EXP = "vexp"  # runtime.vexp: vectorisable, no libm call per element
+    # a log-sum-exp keeps its exps and 1/Σ for the softmax that δ reads
+    # (``_softmax_reads``); the batch-innermost printer has its own statements
+    SHARE_SOFTMAX = True
 
     def __init__(self, deriv: Derivation, dtype: str):
         self.deriv = deriv
@@ -124,6 +135,7 @@ class CpuPrinter(TrainPrinter):
         self.comment_names: dict[int, str] = {}
         self._scopes = 0
         self.exp_buffers: dict[int, str] = {}  # LogSumExp id → its exps' buffer
+        self.inverse_buffers: dict[int, str] = {}  # LogSumExp id → 1 / Σ exp per sample
         # buffers (name, shape) the sample loop being printed zeroes first
         self._group: list[tuple[str, tuple[int, int]]] | None = None
         self._name_everything()
@@ -172,6 +184,7 @@ class CpuPrinter(TrainPrinter):
         for k, gn in enumerate(self.deriv.grads):
             if gn is not None and self._can_own(gn) and gn.id not in owned:
                 owned[gn.id] = k
+        softmax = self._softmax_sources()
         counters = {"value": 0, "delta": 0}
         for role, nodes, prefix in (
             ("value", self.deriv.forward, "v"),
@@ -190,12 +203,18 @@ class CpuPrinter(TrainPrinter):
                 counters[role] += 1
                 self.names[node.id] = name
                 self.buffers.append(Buffer(name, node, node.batched, node.shape, role))
-                if self._batch_logsumexp(node):
-                    # the exps it sums, taken over the whole batch
+                shared = node.id in softmax
+                if self._batch_logsumexp(node) or shared:
+                    # the exps it sums (minus the largest), for the whole batch
                     name = f"{prefix}{counters[role]}"
                     counters[role] += 1
                     self.exp_buffers[node.id] = name
                     self.buffers.append(Buffer(name, node, True, node.args[0].shape, role))
+                if shared:
+                    name = f"{prefix}{counters[role]}"
+                    counters[role] += 1
+                    self.inverse_buffers[node.id] = name
+                    self.buffers.append(Buffer(name, node, True, (1, 1), role))
         shown = display_names(self.deriv)
         self.comment_names = {k: comment_text(v) for k, v in shown.items() if v is not None}
 
@@ -421,7 +440,9 @@ class CpuPrinter(TrainPrinter):
 
     def _print_map(self, out: _Lines, node: Map) -> None:
         out(f"# {self._describe(node)}")
-        body, reads = map_expression(node, self.inlined)
+        body, reads = self._map_body(node)
+        if any(isinstance(arg, _Stored) for _, arg, _ in reads):
+            out("#   (its softmax: the exps the log-sum-exp kept, times 1 / their sum)")
         power = self._batch_exp(node)
         if power is None:
             self._print_entries(out, node, body, reads)
@@ -455,9 +476,13 @@ class CpuPrinter(TrainPrinter):
         r, c, d = self._loops(out, node.shape)
         depth += d
         for sym, arg, scalar in reads:
-            if sym in used:
+            if sym not in used:
+                continue
+            if isinstance(arg, _Stored):
+                elem = f"{arg.buffer}[i, {0 if scalar else (r if node.shape[1] == 1 else c)}]"
+            else:
                 elem = self.elem(arg, "i", 0, 0) if scalar else self.elem(arg, "i", r, c)
-                out(f"{sym} = {elem}")
+            out(f"{sym} = {elem}")
         for t, e in temps:
             out(f"{t} = {self.scalar.doprint_expr(e)}")
         out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
@@ -491,8 +516,55 @@ class CpuPrinter(TrainPrinter):
         per sample in a softmax head's loss and δ); flat, ~2.5 ns."""
         if not (isinstance(node, Map) and self._narrow(node, node.size)):
             return None
-        powers = map_expression(node, self.inlined)[0].atoms(sp.exp)
+        powers = self._map_body(node)[0].atoms(sp.exp)
         return next(iter(powers)) if len(powers) == 1 else None
+
+    # -- softmax: the exps of a log-sum-exp, read again by its δ -------------------
+    def _softmax_matches(self, body: sp.Expr, reads) -> list[tuple[sp.Expr, Node]]:
+        """(exp(v − t), t) for each exp in ``body`` of an entry of v minus t =
+        logsumexp(v): the softmax of v, which t's statement can leave behind as
+        its exps (of v − max) and 1 / Σ (a softmax head's δŷ has one)."""
+        entries = {arg.id: sym for sym, arg, scalar in reads if not scalar and arg.batched}
+        found = []
+        for sym, arg, scalar in reads:
+            if not (scalar and isinstance(arg, LogSumExp) and arg.batched):
+                continue
+            v = arg.args[0]
+            if v.id not in entries:
+                continue
+            for power in body.atoms(sp.exp):
+                if sp.expand(power.args[0] - (entries[v.id] - sym)) == 0:
+                    found.append((power, arg))
+        return found
+
+    def _softmax_sources(self) -> set[int]:
+        """The LogSumExp nodes whose softmax a printed Map reads (``_softmax_matches``)."""
+        if not self.SHARE_SOFTMAX:
+            return set()
+        found = set()
+        for node in self.deriv.forward + self.deriv.backward:
+            if isinstance(node, Map) and node.batched and node.id not in self.inlined:
+                body, reads = map_expression(node, self.inlined)
+                found.update(t.id for _, t in self._softmax_matches(body, reads))
+        return found
+
+    def _map_body(self, node: Map) -> tuple[sp.Expr, list]:
+        """``map_expression`` with each softmax exp(v − t) read as e · (1/Σ) from
+        the buffers t's statement filled: no exp left to compute."""
+        body, reads = map_expression(node, self.inlined)
+        if not self.inverse_buffers:
+            return body, reads
+        reads = list(reads)
+        for power, lse in self._softmax_matches(body, reads):
+            if lse.id not in self.inverse_buffers:
+                continue
+            e, q = sp.Symbol(f"a{len(reads)}"), sp.Symbol(f"a{len(reads) + 1}")
+            reads += [
+                (e, _Stored(self.exp_buffers[lse.id]), False),
+                (q, _Stored(self.inverse_buffers[lse.id]), True),
+            ]
+            body = body.xreplace({power: e * q})
+        return body, reads
 
     def _print_SumAll(self, out: _Lines, node: SumAll) -> None:
         out(f"# {self._describe(node)}")
@@ -507,7 +579,7 @@ class CpuPrinter(TrainPrinter):
 
     def _print_LogSumExp(self, out: _Lines, node: LogSumExp) -> None:
         out(f"# {self._describe(node)}   (max subtracted first: no overflow)")
-        if node.id in self.exp_buffers:
+        if self._batch_logsumexp(node):
             out(f"if n > 1:  {_BATCH_EXP_NOTE}")
             with out.indent():
                 self._print_batch_logsumexp(out, node)
@@ -527,10 +599,20 @@ class CpuPrinter(TrainPrinter):
         out(f"acc = {self.scalar._num(0)}")
         r, c, d = self._loops(out, a.shape)
         with self._exp_for(a.size) as exp:
-            out(f"acc += {exp}({self.elem(a, 'i', r, c)} - big)")
+            if node.id in self.inverse_buffers:  # kept for the softmax δ reads
+                out(f"z = {exp}({self.elem(a, 'i', r, c)} - big)")
+                out(f"{self.exp_buffers[node.id]}[i, {r if a.shape[1] == 1 else c}] = z")
+                out("acc += z")
+            else:
+                out(f"acc += {exp}({self.elem(a, 'i', r, c)} - big)")
         out.depth -= d
         out(f"{self.elem(node, 'i', 0, 0)} = big + math.log(acc)")
+        self._store_inverse(out, node, "acc")
         out.depth -= opened
+
+    def _store_inverse(self, out: _Lines, node: LogSumExp, total: str) -> None:
+        if node.id in self.inverse_buffers:
+            out(f"{self.inverse_buffers[node.id]}[i, 0] = {self.scalar._num(1)} / {total}")
 
     def _print_batch_logsumexp(self, out: _Lines, node: LogSumExp) -> None:
         """log Σ exp of a narrow column with its exps taken over the whole batch in
@@ -556,6 +638,7 @@ class CpuPrinter(TrainPrinter):
             out(f"for k in range({size}):")
             out(f"    acc += {scratch}[i, k]")
             out(f"{to} = {to} + math.log(acc)")
+            self._store_inverse(out, node, "acc")
 
     def _print_BatchSum(self, out: _Lines, node: BatchSum) -> None:
         out(f"# {self._describe(node)}")

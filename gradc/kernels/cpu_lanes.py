@@ -79,6 +79,8 @@ class LanesPrinter(CpuPrinter):
             return f"{self.name(node)}T[{flat}, {i}]"
         return super().elem(node, i, r, c)
 
+    SHARE_SOFTMAX = False  # its own log-sum-exp and δ statements (batch innermost)
+
     def _groupable(self, node: Node) -> bool:
         return False  # every statement has its own batch loops
 

@@ -9,6 +9,15 @@ import gradc as gc
 from gradc.program.health import GradientHealthWarning, diagnose
 
 
+def _small_tanh_fit(samples: int):
+    """A healthy 3-4-2 tanh network, its parameters and ``samples`` rows of data."""
+    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
+    prog = gc.compile(net, loss=gc.mse)
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(samples, 3)), rng.normal(size=(samples, 2))
+    return prog, prog.init(seed=1), X, Y
+
+
 def test_deep_sigmoid_network_warns_about_vanishing_gradients():
     layers = [gc.Dense(3, 4, gc.sigmoid)] + [gc.Dense(4, 4, gc.sigmoid) for _ in range(5)]
     net = gc.Sequential(*layers, gc.Dense(4, 1, gc.sigmoid))
@@ -32,11 +41,7 @@ def test_exploding_norms_are_named_with_remedies():
 
 
 def test_healthy_training_is_quiet():
-    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
-    prog = gc.compile(net, loss=gc.mse)
-    params = prog.init(seed=1)
-    rng = np.random.default_rng(2)
-    X, Y = rng.normal(size=(16, 3)), rng.normal(size=(16, 2))
+    prog, params, X, Y = _small_tanh_fit(16)
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientHealthWarning)
         prog.fit(params, X, Y, epochs=3, batch_size=4)
@@ -53,11 +58,7 @@ def test_progress_line_without_tqdm(capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
-    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
-    prog = gc.compile(net, loss=gc.mse)
-    params = prog.init(seed=1)
-    rng = np.random.default_rng(2)
-    X, Y = rng.normal(size=(16, 3)), rng.normal(size=(16, 2))
+    prog, params, X, Y = _small_tanh_fit(16)
     hist = prog.fit(params, X, Y, epochs=2, batch_size=4, progress=True)
     err = capsys.readouterr().err
     assert f"step {hist.steps}/{hist.steps}" in err and "epoch 2" in err and "samples/s" in err
@@ -78,11 +79,7 @@ def test_diagnose_reads_squared_norms_as_the_norms():
 
 
 def test_history_grad_norms_are_the_roots_of_what_the_kernel_recorded():
-    net = gc.Sequential(gc.Dense(3, 4, gc.tanh), gc.Dense(4, 2))
-    prog = gc.compile(net, loss=gc.mse)
-    params = prog.init(seed=1)
-    rng = np.random.default_rng(2)
-    X, Y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    prog, params, X, Y = _small_tanh_fit(8)
     start = {k: v.copy() for k, v in params.items()}
     hist = prog.fit(params, X, Y, optimizer=gc.SGD(0.1), epochs=1, batch_size=8)
     grads = prog.grad(start, X, Y)  # the one step's gradient, at the starting point

@@ -422,7 +422,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
             if sym not in used:
                 continue
             if isinstance(arg, _Stored):
-                elem = f"{arg.buffer}[i, {0 if scalar else (r if node.shape[1] == 1 else c)}]"
+                elem = self.stored(arg.buffer, 0 if scalar else (r if node.shape[1] == 1 else c))
             else:
                 elem = self.elem(arg, "i", 0, 0) if scalar else self.elem(arg, "i", r, c)
             out(f"{sym} = {elem}")

@@ -34,6 +34,7 @@ VEXP_MIN_ENTRIES = 16
 # whole batch in one flat loop from two samples on (``ExpForms._batch_exp``); a
 # single sample's 10 entries were 5–10 % slower that way than through libm.
 _BATCH_EXP_NOTE = "# the exps of all samples in one flat loop"
+_SOFTMAX_NOTE = "(its softmax: the exps the log-sum-exp kept, times 1 / their sum)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class _Stored:
 class ExpForms:
     """The exp-taking statements of ``CpuPrinter`` (which supplies ``deriv``,
     ``inlined``, ``scalar``, the buffers and the loop helpers)."""
+
+    @staticmethod
+    def stored(buffer: str, entry) -> str:
+        """Sample ``i``'s ``entry`` of a buffer that holds no node (``_Stored``);
+        the batch-innermost printer stores them (entries, batch)."""
+        return f"{buffer}[i, {entry}]"
 
     # set by CpuPrinter: whether batch-wide exps apply at all, and the buffers a
     # log-sum-exp fills for its softmax
@@ -71,7 +78,7 @@ class ExpForms:
         out(f"# {self._describe(node)}")
         body, reads = self._map_body(node)
         if any(isinstance(arg, _Stored) for _, arg, _ in reads):
-            out("#   (its softmax: the exps the log-sum-exp kept, times 1 / their sum)")
+            out(f"#   {_SOFTMAX_NOTE}")
         power = self._batch_exp(node)
         if power is None:
             self._print_entries(out, node, body, reads)
@@ -189,7 +196,7 @@ class ExpForms:
         with self._exp_for(a.size) as exp:
             if node.id in self.inverse_buffers:  # kept for the softmax δ reads
                 out(f"z = {exp}({self.elem(a, 'i', r, c)} - big)")
-                out(f"{self.exp_buffers[node.id]}[i, {r if a.shape[1] == 1 else c}] = z")
+                out(f"{self.stored(self.exp_buffers[node.id], r if a.shape[1] == 1 else c)} = z")
                 out("acc += z")
             else:
                 out(f"acc += {exp}({self.elem(a, 'i', r, c)} - big)")
@@ -200,7 +207,8 @@ class ExpForms:
 
     def _store_inverse(self, out: _Lines, node: LogSumExp, total: str) -> None:
         if node.id in self.inverse_buffers:
-            out(f"{self.inverse_buffers[node.id]}[i, 0] = {self.scalar._num(1)} / {total}")
+            one = self.scalar._num(1)
+            out(f"{self.stored(self.inverse_buffers[node.id], 0)} = {one} / {total}")
 
     def _print_batch_logsumexp(self, out: _Lines, node: LogSumExp) -> None:
         """log Σ exp of a narrow column with its exps taken over the whole batch in

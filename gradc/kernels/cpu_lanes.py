@@ -31,8 +31,8 @@ import sympy as sp
 from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
 from .common import Lines as _Lines
-from .common import map_expression
 from .cpu import CpuPrinter, _has_blas_branch
+from .cpu_exps import _SOFTMAX_NOTE, _Stored
 from .cpu_train import _DECORATOR_REASSOC
 
 __all__ = ["LANES_MIN_BATCH", "LanesPrinter", "lanes_eligible"]
@@ -79,8 +79,6 @@ class LanesPrinter(CpuPrinter):
             return f"{self.name(node)}T[{flat}, {i}]"
         return super().elem(node, i, r, c)
 
-    SHARE_SOFTMAX = False  # its own log-sum-exp and δ statements (batch innermost)
-
     def _groupable(self, node: Node) -> bool:
         return False  # every statement has its own batch loops
 
@@ -106,6 +104,10 @@ class LanesPrinter(CpuPrinter):
             first, second = second, first
         return first, second, depth
 
+    @staticmethod
+    def stored(buffer: str, entry) -> str:
+        return f"{buffer}T[{entry}, i]"
+
     def _batch_loop(self, out: _Lines) -> None:
         out("for i in range(n):")
         out.depth += 1
@@ -117,19 +119,27 @@ class LanesPrinter(CpuPrinter):
         if not node.batched:
             return super()._print_Map(out, node)
         out(f"# {self._describe(node)}")
-        body, reads = map_expression(node, self.inlined)
+        body, reads = self._map_body(node)  # a softmax read from its log-sum-exp
+        if any(isinstance(arg, _Stored) for _, arg, _ in reads):
+            out(f"#   {_SOFTMAX_NOTE}")
         temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
         r, c, depth = self._node_loops(out, node)
         varying = []
+        used = body.free_symbols
         for sym, arg, scalar in reads:
             rc = (0, 0) if scalar else (r, c)
-            if _per_sample(arg):
-                varying.append((sym, arg, rc))
+            if sym not in used:
+                continue
+            if isinstance(arg, _Stored):
+                flat = rc[0] if node.shape[1] == 1 else rc[1]
+                varying.append((sym, self.stored(arg.buffer, flat)))
+            elif _per_sample(arg):
+                varying.append((sym, self.elem(arg, "i", *rc)))
             else:  # the same for every sample: loaded once, before the batch loop
                 out(f"{sym} = {self.elem(arg, 'i', *rc)}")
         self._batch_loop(out)
-        for sym, arg, rc in varying:
-            out(f"{sym} = {self.elem(arg, 'i', *rc)}")
+        for sym, elem in varying:
+            out(f"{sym} = {elem}")
         for t, e in temps:
             out(f"{t} = {self.scalar.doprint_expr(e)}")
         out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
@@ -160,11 +170,17 @@ class LanesPrinter(CpuPrinter):
         entries = [self.elem(a, "i", r, c) for r in range(rows) for c in range(cols)]
         biggest = entries[0] if len(entries) == 1 else f"max({', '.join(entries)})"
         total = self.elem(node, "i", 0, 0)
+        kept = self.exp_buffers.get(node.id) if node.id in self.inverse_buffers else None
         for last in (False, True):
             self._batch_loop(out)
             out(f"big = {biggest}")
             if last:
+                self._store_inverse(out, node, total)
                 out(f"{total} = big + math.log({total})")
+            elif kept:  # each exp kept for the softmax δ reads
+                for k, e in enumerate(entries):
+                    out(f"{self.stored(kept, k)} = {self.EXP}({e} - big)")
+                out(f"{total} = " + " + ".join(self.stored(kept, k) for k in range(len(entries))))
             else:
                 out(f"{total} = " + " + ".join(f"{self.EXP}({e} - big)" for e in entries))
             out.depth -= 1

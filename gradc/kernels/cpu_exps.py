@@ -49,18 +49,18 @@ class ExpForms:
     """The exp-taking statements of ``CpuPrinter`` (which supplies ``deriv``,
     ``inlined``, ``scalar``, the buffers and the loop helpers)."""
 
-    @staticmethod
-    def stored(buffer: str, entry) -> str:
-        """Sample ``i``'s ``entry`` of a buffer that holds no node (``_Stored``);
-        the batch-innermost printer stores them (entries, batch)."""
-        return f"{buffer}[i, {entry}]"
-
     # set by CpuPrinter: whether batch-wide exps apply at all, and the buffers a
     # log-sum-exp fills for its softmax
     _batch_exps: bool
     exp_buffers: dict[int, str]
     inverse_buffers: dict[int, str]
     SHARE_SOFTMAX: bool
+
+    @staticmethod
+    def stored(buffer: str, entry) -> str:
+        """Sample ``i``'s ``entry`` of a buffer that holds no node (``_Stored``);
+        the batch-innermost printer stores them (entries, batch)."""
+        return f"{buffer}[i, {entry}]"
 
     @contextmanager
     def _exp_for(self, entries: int):
@@ -119,8 +119,8 @@ class ExpForms:
     def _batch_exp(self, node: Node) -> sp.Expr | None:
         """The exp(u) that a per-sample Map of fewer than VEXP_MIN_ENTRIES entries
         takes over the whole batch in one flat loop, if it has exactly one. In the
-        sample's own loop 10 entries run scalar through libm (~8 ns each, and 20
-        per sample in a softmax head's loss and δ); flat, ~2.5 ns."""
+        sample's own loop 10 entries run scalar through libm (~8 ns each); flat,
+        ~2.5 ns."""
         if not (isinstance(node, Map) and self._narrow(node, node.size)):
             return None
         powers = self._map_body(node)[0].atoms(sp.exp)

@@ -123,6 +123,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
         # buffers (name, shape) the sample loop being printed zeroes first
         self._group: list[tuple[str, tuple[int, int]]] | None = None
         self._name_everything()
+        self._map_bodies = {}  # node id → its body and reads (ExpForms._map_body)
 
     # -- naming --------------------------------------------------------------
     def _find_inlined(self) -> set[int]:

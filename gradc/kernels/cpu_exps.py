@@ -54,6 +54,7 @@ class ExpForms:
     _batch_exps: bool
     exp_buffers: dict[int, str]
     inverse_buffers: dict[int, str]
+    _map_bodies: dict[int, tuple[sp.Expr, list]]
     SHARE_SOFTMAX: bool
 
     @staticmethod
@@ -156,7 +157,15 @@ class ExpForms:
 
     def _map_body(self, node: Map) -> tuple[sp.Expr, list]:
         """``map_expression`` with each softmax exp(v − t) read as e · (1/Σ) from
-        the buffers t's statement filled: no exp left to compute."""
+        the buffers t's statement filled: no exp left to compute. Kept per node
+        (grouping, the batch-exp choice and the statement all read it); the
+        memo exists from the end of naming, which decides those buffers."""
+        found = self._map_bodies.get(node.id)
+        if found is None:
+            found = self._map_bodies[node.id] = self._softmax_read(node)
+        return found
+
+    def _softmax_read(self, node: Map) -> tuple[sp.Expr, list]:
         body, reads = map_expression(node, self.inlined)
         if not self.inverse_buffers:
             return body, reads

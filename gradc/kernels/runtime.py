@@ -248,8 +248,9 @@ def _estrin(builder: ir.IRBuilder, x: ir.Value, x2: ir.Value, coeffs: list) -> i
 
 def _exp_ir(builder: ir.IRBuilder, x: ir.Value, fmt: _Format) -> ir.Value:
     """exp(x) = 2ᵏ·exp(r), k = rint(x/ln2), r = x − k·ln2 (two-part ln2), exp(r) by a
-    Taylor polynomial (FMA-contracted, Estrin's scheme), 2ᵏ built in the exponent bits in two halves
-    so that results down to the denormals stay exact."""
+    Taylor polynomial (FMA-contracted; Estrin's scheme in float64), 2ᵏ built in
+    the exponent bits in two halves so that results down to the denormals stay
+    exact."""
     c, ity, fty = fmt.const, fmt.int_type, fmt.float_type
     fused = ("contract",)
     rint = builder.module.declare_intrinsic("llvm.rint", [fty])

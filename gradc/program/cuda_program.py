@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import GradcError
 from ..kernels.runtime import seed_base, shuffle_epoch
 from .history import History
-from .program import _STATUS, FitPlan, Program, _progress
+from .program import _STATUS, FitPlan, Program, _epoch_means, _progress
 
 __all__ = ["CHUNK", "CudaProgram", "require_cuda"]
 
@@ -228,7 +228,7 @@ class CudaProgram(Program):
                 self._timed_call("update", omod.update, [ns[a] for a in upd_args])
 
         history = History()
-        loss_parts, norm_parts, epoch_losses, path = [], [], [], []
+        loss_parts, norm_parts, path = [], [], []
         if record_path:
             path.append(self._snapshot(p, params))
         bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
@@ -240,7 +240,6 @@ class CudaProgram(Program):
                 if shuffle:  # the CPU target's permutation, so both targets see the same batches
                     shuffle_epoch(perm_host, nrows, seed_base(seed), epoch)
                     perm.copy_to_device(perm_host)
-                epoch_l = np.zeros(in_epoch)
                 for start in range(0, in_epoch, chunk_cap):
                     count = min(chunk_cap, in_epoch - start)
                     for dst, src in zip(backup, live):
@@ -249,7 +248,7 @@ class CudaProgram(Program):
                     run_steps(start, count, t0)
                     code, at = (int(v) for v in status.copy_to_host())
                     l_out = losses.copy_to_host()[:count]
-                    n_out = np.sqrt(sq.copy_to_host()[:count])
+                    n_out = sq.copy_to_host()[:count]  # squared: roots on first use
                     ran = (at - start) if code else count
                     if code == 3:  # undo the failed step: replay the good ones from the backup
                         for dst, src in zip(live, backup):
@@ -259,7 +258,6 @@ class CudaProgram(Program):
                     self._advance_opt(opt, ran)
                     loss_parts.append(l_out[:ran])
                     norm_parts.append(n_out[:ran])
-                    epoch_l[start : start + ran] = l_out[:ran]
                     if code:
                         self._copy_back(dev_p, dev_s, p, states)
                         self._write_back(p, params)
@@ -276,11 +274,6 @@ class CudaProgram(Program):
                     if bar is not None:
                         bar(count, float(l_out[-1]))
                 done += in_epoch
-                if has_data:
-                    sizes = np.array(
-                        [min(bs, nrows - b * bs) for b in range(in_epoch)], dtype=float
-                    )
-                    epoch_losses.append(float(np.dot(epoch_l, sizes) / sizes.sum()))
                 epoch += 1
         finally:
             history.seconds = time.perf_counter() - start_time
@@ -288,10 +281,10 @@ class CudaProgram(Program):
                 bar.close()
             history.loss = np.concatenate(loss_parts) if loss_parts else np.zeros(0)
             norms = np.concatenate(norm_parts) if norm_parts else np.zeros((0, nparams))
-            history.set_norms(norms, self._param_names)
-            history.epoch_loss = np.array(epoch_losses)
+            history.set_squared_norms(norms, self._param_names)
+            if has_data:
+                history.epoch_loss, history.samples = _epoch_means(history.loss, plan)
             history.path = path
-            history.samples = int(sum(min(bs, nrows) for _ in range(history.loss.size)))
             history.weights = list(self._weight_names)
         self._copy_back(dev_p, dev_s, p, states)
         self._write_back(p, params)

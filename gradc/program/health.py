@@ -56,7 +56,7 @@ def diagnose(
     ``squared``).
 
     Cheap on purpose: ``fit`` runs it after every call, so it reads at most
-    ~2·SAMPLES evenly spaced steps, in a handful of NumPy calls.
+    ~2·SAMPLES evenly spaced steps, in one compiled call.
 
     >>> diagnose(np.array([[1e-6, 1.0], [2e-6, 1.0]]), ["W1", "W2"], ["W1", "W2"])[0][:21]
     'vanishing gradients: '
@@ -120,11 +120,8 @@ def _statistics(norms, first, last, tenth, samples, squared):
     return top, bottom, np.sort(ends[0])[mid], np.sort(ends[1])[mid]
 
 
-def warn_if_unhealthy(
-    norms: np.ndarray, names: list[str], weights: list[str], *, squared: bool = False
-) -> list[str]:
-    """Warn (GradientHealthWarning) with each finding of :func:`diagnose`."""
-    found = diagnose(norms, names, weights, squared=squared)
+def warn_if_unhealthy(found: list[str]) -> None:
+    """Warn (GradientHealthWarning) with each finding of :func:`diagnose`, at the
+    caller of the function that calls this (``fit``)."""
     for text in found:
         warnings.warn(text, GradientHealthWarning, stacklevel=3)
-    return found

@@ -65,12 +65,6 @@ class History:
         matrix = self.norm_matrix
         return {name: matrix[:, k] for k, name in enumerate(self._names)}
 
-    def health_input(self) -> tuple[np.ndarray, bool]:
-        """(norms, squared): what :func:`health.diagnose` reads, without taking roots."""
-        if self._squared is not None and self._norms is None:
-            return self._squared, True
-        return self.norm_matrix, False
-
     def layer_norms(self) -> dict[str, float]:
         """Median gradient norm of each layer's weights, first layer first."""
         from .health import layer_norms
@@ -81,8 +75,9 @@ class History:
         """Findings about vanishing or exploding gradients, in plain words."""
         from .health import diagnose
 
-        norms, squared = self.health_input()
-        return diagnose(norms, self._names, self.weights, squared=squared)
+        if self._norms is None and self._squared is not None:  # no roots needed
+            return diagnose(self._squared, self._names, self.weights, squared=True)
+        return diagnose(self.norm_matrix, self._names, self.weights)
 
     @property
     def steps(self) -> int:

@@ -357,8 +357,7 @@ class Program:
                 raise error from None
             raise
         if warn_health:
-            norms, squared = history.health_input()
-            warn_if_unhealthy(norms, self._param_names, history.weights, squared=squared)
+            warn_if_unhealthy(history.health())
         return history
 
     def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:

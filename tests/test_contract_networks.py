@@ -468,13 +468,18 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion(acts, loss_name):
     gradients (batch 16), printed loops (batch 5), and at batch 1 the sweep that
     forms W1's gradient δ·xᵀ inside the update (W1 has 1,152 entries). Its
     3-wide head takes its exps over the whole batch in one flat loop (sigmoid;
-    softmax cross-entropy: log-sum-exp and δŷ). Gradients and SGD runs are
-    replayed with the NumPy δ recursion."""
+    softmax cross-entropy: log-sum-exp and δŷ); elementwise δ run as one loop over
+    every sample's entries, and bias gradients sum four samples per pass (batch
+    5: one left over). Gradients and SGD runs are replayed with the NumPy δ
+    recursion."""
     widths = [24, 48, 3]
     net, values = _net_and_params(widths, acts, seed=41, scale=0.3)
     ce = loss_name == "ce"
     ref = "softmax_cross_entropy" if ce else "mse"
     prog = gc.compile(net, loss=gc.softmax_cross_entropy if ce else gc.mse)
+    printed = "\n".join(prog.source.values())
+    assert "every sample's entries in one loop" in printed
+    assert "range(0, n - n % 4, 4)" in printed
     names = _layer_names(net)
     X, Y = _data(widths, ref, 16, 41)
     for n in (16, 5, 1):

@@ -118,6 +118,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
         self.buffers: list[Buffer] = []
         self.comment_names: dict[int, str] = {}
         self._scopes = 0
+        self.flat_views: dict[str, str] = {}  # buffer → its 1-d view (_print_flat)
         self.exp_buffers: dict[int, str] = {}  # LogSumExp id → its exps' buffer
         self.inverse_buffers: dict[int, str] = {}  # LogSumExp id → 1 / Σ exp per sample
         # buffers (name, shape) the sample loop being printed zeroes first
@@ -295,12 +296,12 @@ class CpuPrinter(TrainPrinter, ExpForms):
             return True  # prints nothing
         if isinstance(node, (Map, SumAll, LogSumExp)):
             batch_exp = self._batch_exp(node) is not None or self._batch_logsumexp(node)
-            return node.batched and not batch_exp
+            return node.batched and not batch_exp and not self._flat_map(node)
         if isinstance(node, MatMul):
             if _has_blas_branch(node):
                 return False  # BLAS takes the whole batch at once
             return node.batched or node.contract
-        return isinstance(node, BatchSum)
+        return isinstance(node, BatchSum) and not self._batch_exps  # see _print_blocked_sum
 
     def print_nodes(self, out: _Lines, nodes, tail: tuple[Node, str] | None = None) -> bool:
         """Print ``nodes`` in order, runs of groupable ones in one sample loop.
@@ -432,6 +433,73 @@ class CpuPrinter(TrainPrinter, ExpForms):
         out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
         out.depth -= depth
 
+    # -- flat statements: every sample's entries in one loop ----------------------
+    def _flat_ok(self, node: Node, body: sp.Expr, reads) -> bool:
+        """Whether ``node = body`` can run as one loop over the entries of every
+        sample (``_print_flat``): in kernels with BLAS products, whose batches are
+        large, for a per-sample vector whose reads are per-sample vectors of its
+        size and step constants (no parameter read entry by entry, e.g. a bias)."""
+        if not (self._batch_exps and isinstance(node, Map) and node.batched):
+            return False
+        if node.id in self.inlined or 1 not in node.shape:
+            return False
+        used = body.free_symbols
+        for sym, arg, scalar in reads:
+            if sym not in used or _is_seed(arg):
+                continue
+            if isinstance(arg, (_Stored, Leaf)):  # data: a new slice every step
+                return False
+            if arg.batched:
+                if arg.size != node.size:  # e.g. a per-sample scalar, broadcast
+                    return False
+            elif not scalar:  # a parameter read entry by entry
+                return False
+        return True
+
+    def _flat_map(self, node: Node) -> bool:
+        return isinstance(node, Map) and self._flat_ok(node, *self._map_body(node))
+
+    def _print_flat(self, out: _Lines, node: Node, body: sp.Expr, reads) -> None:
+        """``node = body`` as one loop over the n × size entries of the batch (see
+        ``_flat_ok``), through 1-d views of the buffers (``flat_views``). Row loops
+        cost ~10 ns per sample each (a runtime row stride, a remainder loop): the
+        same work flat was 2-3× faster at 32 entries per sample, and exps vectorise
+        at 10."""
+        temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
+        used, size = body.free_symbols, node.size
+
+        def view(arg: Node) -> str:
+            while isinstance(arg, Transpose):
+                arg = arg.args[0]
+            name = self.name(arg)
+            return self.flat_views.setdefault(name, f"{name}f")
+
+        target = view(node)
+        loads = [
+            f"{sym} = {view(arg)}[k]"
+            if arg.batched and not _is_seed(arg)
+            else f"{sym} = {self.elem(arg, 'i', 0, 0)}"
+            for sym, arg, _ in reads
+            if sym in used
+        ]
+        out(f"for k in range(n * {size}):  # every sample's entries in one loop")
+        with out.indent():
+            for line in loads:
+                out(line)
+            for t, e in temps:
+                out(f"{t} = {self.scalar.doprint_expr(e)}")
+            out(f"{target}[k] = {self.scalar.doprint_expr(reduced)}")
+
+    def _insert_flat_views(self, out: _Lines, at: int) -> None:
+        """Put the 1-d views that a kernel's flat statements read (``_print_flat``) at
+        line ``at`` of its body, made once per call: ``reshape`` calls into C
+        (~20 ns), too dear for every statement of a step at a batch of one."""
+        out.lines[at:at] = [
+            f"    {view} = {name}.reshape({name}.size)  # flat: sample after sample"
+            for name, view in self.flat_views.items()
+        ]
+        self.flat_views.clear()
+
     @functools.cached_property
     def _batch_exps(self) -> bool:
         """Whether narrow layers take their exps over the whole batch (``_batch_exp``):
@@ -454,11 +522,31 @@ class CpuPrinter(TrainPrinter, ExpForms):
     def _print_BatchSum(self, out: _Lines, node: BatchSum) -> None:
         out(f"# {self._describe(node)}")
         (a,) = node.args
+        if self._group is None and self._batch_exps:
+            self._print_blocked_sum(out, node, a)
+            return
         self._zero_before_samples(out, node)
         opened = self._open_samples(out, a)
         r, c, d = self._loops(out, node.shape)
         out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
         out.depth -= d + opened
+
+    def _print_blocked_sum(self, out: _Lines, node: BatchSum, a: Node) -> None:
+        """Σₙ over a large batch, four samples per pass: one sample per pass waited
+        on the sum's store and reload every sample (Σ of 256 × 32 entries: 4.1 →
+        1.5 µs float64, 3.9 → 0.8 float32)."""
+        self._zero(out, [(self.name(node), node.shape)])
+        for lo, hi, step in (("0", "n - n % 4", ", 4"), ("n - n % 4", "n", "")):
+            out(f"for i in range({lo}, {hi}{step}):")
+            with out.indent():
+                r, c, d = self._loops(out, node.shape)
+                if step:
+                    rows = [self.elem(a, f"i + {q}" if q else "i", r, c) for q in range(4)]
+                    term = f"({rows[0]} + {rows[1]}) + ({rows[2]} + {rows[3]})"
+                else:
+                    term = self.elem(a, "i", r, c)
+                out(f"{self.elem(node, 'i', r, c)} += {term}")
+                out.depth -= d
 
     def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
         out(f"# {self._describe(node)}")
@@ -663,7 +751,9 @@ class CpuPrinter(TrainPrinter, ExpForms):
         out(f"def forward({', '.join(args)}):")
         with out.indent():
             out('"""Forward pass over a batch of n samples; returns the mean loss."""')
+            at = len(out.lines)
             self.forward_body(out)
+            self._insert_flat_views(out, at)
             out("return loss")
         return out.text(), args
 
@@ -682,7 +772,9 @@ class CpuPrinter(TrainPrinter, ExpForms):
                 out(
                     '"""Backward pass (shared δ): every δ computed once; gradients are batch means."""'
                 )
+            at = len(out.lines)
             self.backward_body(out)
+            self._insert_flat_views(out, at)
             out("return 0")
         return out.text(), args
 
@@ -814,6 +906,11 @@ class CpuPrinter(TrainPrinter, ExpForms):
 _LOCAL = re.compile(
     r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
+
+
+def _is_seed(node) -> bool:
+    """The loss seed ∂L/∂L, printed as ``inv_n`` (the mean over the batch)."""
+    return isinstance(node, Leaf) and node.role == "seed"
 
 
 def _has_blas_branch(node: MatMul) -> bool:

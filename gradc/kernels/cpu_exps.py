@@ -7,7 +7,9 @@ Three forms, chosen per statement (``ExpForms``, a part of ``CpuPrinter``):
   sample, libm's ``math.exp`` in shorter ones;
 - **over the whole batch**: a narrow layer's exps (a sigmoid head of 10, a
   softmax head's log-sum-exp) as one flat loop over every sample's entries,
-  which vectorises where 10 entries per sample cannot;
+  which vectorises where 10 entries per sample cannot; the rest of a Map's
+  body shares that loop when it reads only per-sample vectors
+  (``CpuPrinter._print_flat``);
 - **not at all**: softmax cross-entropy's δŷ reads exp(ŷ − logsumexp(ŷ)) as
   the exps its log-sum-exp statement kept, times 1 / their sum.
 """
@@ -75,24 +77,47 @@ class ExpForms:
         finally:
             self.scalar.exp = saved
 
+    @contextmanager
+    def _vector_exp(self):
+        """vexp whatever the entries per sample: for loops over the whole batch."""
+        saved = self.scalar.exp
+        self.scalar.exp = "vexp"
+        try:
+            yield
+        finally:
+            self.scalar.exp = saved
+
     def _print_map(self, out: _Lines, node: Map) -> None:
         out(f"# {self._describe(node)}")
         body, reads = self._map_body(node)
         if any(isinstance(arg, _Stored) for _, arg, _ in reads):
             out(f"#   {_SOFTMAX_NOTE}")
         power = self._batch_exp(node)
+        flat = self._flat_ok(node, body, reads)
         if power is None:
-            self._print_entries(out, node, body, reads)
+            if flat:
+                with self._vector_exp():
+                    self._print_flat(out, node, body, reads)
+            else:
+                self._print_entries(out, node, body, reads)
             return
         # exp(u) of a narrow layer for the whole batch in one flat loop: u into
-        # the node's buffer, exp in place, then the rest of the body reading it
+        # the node's buffer (per sample: u reads a parameter, e.g. a bias), then
+        # exp in place and the rest of the body reading it, flat where it can
         own = sp.Symbol(f"a{len(reads)}")
         out(f"if n > 1:  {_BATCH_EXP_NOTE}")
-        with out.indent():
-            self._print_entries(out, node, power.args[0], reads)
-            self._exp_in_place(out, self.name(node), node.size)
-            rest = body.xreplace({power: own})
-            self._print_entries(out, node, rest, [*reads, (own, node, False)])
+        with out.indent(), self._vector_exp():
+            if flat:
+                self._print_flat(out, node, body, reads)
+            else:
+                self._print_entries(out, node, power.args[0], reads)
+                rest = body.xreplace({power: own})
+                rest_reads = [*reads, (own, node, False)]
+                if self._flat_ok(node, rest, rest_reads):
+                    self._print_flat(out, node, rest.xreplace({own: sp.exp(own)}), rest_reads)
+                else:
+                    self._exp_in_place(out, self.name(node), node.size)
+                    self._print_entries(out, node, rest, rest_reads)
         out("else:")
         with out.indent():
             self._print_entries(out, node, body, reads)

@@ -263,6 +263,7 @@ class TrainPrinter:
             self._train_body(out, args, rule, fused, before if self._ahead else ())
         finally:
             self._ahead = None
+        self._insert_flat_views(out, out.lines.index("    for step in range(start, stop):"))
         return out.text(), args
 
     def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:

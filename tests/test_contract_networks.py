@@ -511,6 +511,36 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion(acts, loss_name):
     assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what="fit batch 1, shuffled")
 
 
+def test_blas_kernels_in_float32_against_the_delta_recursion():
+    """The large-batch forms in float32 (flat statements with ``F(...)`` constants,
+    the sigmoid head's batch-wide exps, four-sample bias sums): a 24-48-3 sigmoid
+    network's gradients at batches 16 and 5 and an SGD run in batches of 5 and 1,
+    against the float64 NumPy δ recursion to float32 precision."""
+    widths, acts = [24, 48, 3], ["sigmoid", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=43, scale=0.3)
+    prog = gc.compile(net, loss=gc.mse, dtype="float32")
+    assert "every sample's entries in one loop" in "\n".join(prog.source.values())
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 16, 43)
+    for n in (16, 5):
+        _, grads = prog.value_and_grad(prog.init(values), X[:n].astype(np.float32), Y[:n])
+        _, ref = mlp_grad_dict(values, names, acts, X[:n], Y[:n], "mse")
+        for k in ref:
+            assert grads[k].dtype == np.float32
+            scale = np.abs(ref[k]).max()
+            assert np.abs(grads[k] - ref[k]).max() <= 1e-5 * scale + 1e-7, (k, n)
+    lr = 0.1
+    for bs in (5, 1):
+        params = prog.init(values)
+        prog.fit(params, X, Y, optimizer=gc.SGD(lr), batch_size=bs, shuffle=False)
+        want = {k: np.array(v, float) for k, v in values.items()}
+        for s in range(0, 16, bs):
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + bs], Y[s : s + bs], "mse")
+            want = {k: want[k] - lr * g[k] for k in want}
+        for k in want:
+            assert np.abs(params[k] - want[k]).max() <= 1e-5, (k, bs)
+
+
 @pytest.mark.parametrize(
     "widths, acts, loss_name, dtype, optimizer",
     [

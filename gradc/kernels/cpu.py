@@ -243,7 +243,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
     def elem(self, node: Node, i: str, r, c) -> str:
         if isinstance(node, Transpose):
             return self.elem(node.args[0], i, c, r)
-        if isinstance(node, Leaf) and node.role == "seed":
+        if _is_seed(node):
             return "inv_n" if node.batched else self.scalar._num(1)
         name = self.name(node)
         if node.batched:
@@ -911,7 +911,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
         return self.elem_storage(node), transposed
 
     def elem_storage(self, node: Node) -> str:
-        if isinstance(node, Leaf) and node.role == "seed":
+        if _is_seed(node):
             raise GradcError("the output cannot be the loss seed")
         return self.name(node)
 

@@ -49,7 +49,8 @@ class _Stored:
 
 class ExpForms:
     """The exp-taking statements of ``CpuPrinter`` (which supplies ``deriv``,
-    ``inlined``, ``scalar``, the buffers and the loop helpers)."""
+    ``inlined``, ``scalar``, the buffers, the loop helpers and the flat form,
+    ``_flat_ok`` / ``_print_flat``)."""
 
     # set by CpuPrinter: whether batch-wide exps apply at all, and the buffers a
     # log-sum-exp fills for its softmax

@@ -230,6 +230,24 @@ def test_nonfinite_data_refused_matrix(progq, qparams, qdata):
     assert_dicts_close(qparams, before, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, None])
+def test_large_data_checked_entrywise(linreg, bad):
+    """Data of 1,024 entries or more is checked with one dot product per array:
+    a NaN or inf anywhere is still refused (naming the row), and huge finite
+    values, whose squares overflow the dot product, are still accepted."""
+    X = np.full(3000, 1e200)
+    Y = np.zeros(3000)
+    if bad is not None:
+        X[2345] = bad
+    params = linreg.init({w: 0.0, b: 0.0})
+    if bad is None:  # accepted: every entry is finite (and w = 0)
+        assert linreg.loss(params, X, Y) == 0.0
+    else:
+        with pytest.raises(gc.GradcError, match="row 2345"):
+            linreg.fit(params, X, Y, optimizer=gc.SGD(lr=0.1), batch_size=100)
+        assert float(params["w"]) == 0.0
+
+
 # ---------------------------------------------------------------- divergence
 
 w1, w2 = sp.symbols("w1 w2")

@@ -14,10 +14,15 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from ..graph.nodes import Map, Node
+from ..graph.nodes import Leaf, Map, Node
 from ..spec.optimizers import UpdateRule
 
-__all__ = ["Lines", "UpdateForm", "comment_text", "entry_atoms", "map_expression"]
+__all__ = ["Lines", "UpdateForm", "comment_text", "entry_atoms", "is_seed", "map_expression"]
+
+
+def is_seed(node: Node) -> bool:
+    """The loss seed ∂L/∂L, printed as ``inv_n`` (the mean over the batch)."""
+    return isinstance(node, Leaf) and node.role == "seed"
 
 
 def comment_text(text: str) -> str:

@@ -16,8 +16,9 @@ The module holds four kernels::
 and, for networks too narrow for BLAS, ``train_lanes`` (same contract, the
 batch innermost; printed by ``cpu_lanes.py``). This module prints the
 statements (one ``_print_<Kind>`` per node kind) and assembles the modules;
-the training kernels and the optimizer's step are put together by its part
-``cpu_train.py``.
+its parts: ``cpu_train.py`` puts the training kernels and the optimizer's
+step together, ``cpu_exps.py`` chooses how exps are taken, ``cpu_flat.py``
+prints narrow statements over a whole large batch.
 
 Identifiers are chosen here (``p0``, ``v3``, ``d7``, ``g1``); user symbol names
 appear only in comments, sanitised.
@@ -41,8 +42,9 @@ from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node
 from ..spec.optimizers import UpdateRule
 from .cache import module_name
 from .common import Lines as _Lines
-from .common import comment_text, entry_atoms
+from .common import comment_text, entry_atoms, is_seed
 from .cpu_exps import ExpForms, _Stored
+from .cpu_flat import FlatForms
 from .cpu_train import _DECORATOR, TrainPrinter, _small, _tuple
 from .scalar_printer import ScalarPrinter
 
@@ -56,14 +58,6 @@ __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
 BLAS_MIN_MACS = 256
 BLAS_MIN_TOTAL = 2048
 BLAS_MIN_CONTRACT = 8
-# In kernels with BLAS products, per-sample statements of fewer entries than
-# this run flat over the whole batch and their batch sums four samples per pass
-# (``_print_flat``, ``_print_blocked_sum``): a loop per sample costs ~10 ns and a
-# narrow sum waits on its own store. Wider rows vectorise well one sample at a
-# time, and a sample loop keeps a row in L1 from its δ to its bias gradient
-# (784-256-10, batch 256, same process: its 256-entry δ and Σₙ δ took ~78 µs
-# flat, ~67 in one sample loop).
-FLAT_MAX_ENTRIES = 64
 # Loop dot products over at least DOT_SPLIT_MIN terms keep DOT_LANES partial sums.
 DOT_SPLIT_MIN = 8
 DOT_LANES = 4
@@ -109,7 +103,7 @@ class OptimizerKernels:
     lanes_buffers: dict[str, int] = field(default_factory=dict)
 
 
-class CpuPrinter(TrainPrinter, ExpForms):
+class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
     """Prints node statements; one ``_print_<Kind>`` method per node kind."""
 
     EXP = "vexp"  # runtime.vexp: vectorisable, no libm call per element
@@ -243,7 +237,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
     def elem(self, node: Node, i: str, r, c) -> str:
         if isinstance(node, Transpose):
             return self.elem(node.args[0], i, c, r)
-        if _is_seed(node):
+        if is_seed(node):
             return "inv_n" if node.batched else self.scalar._num(1)
         name = self.name(node)
         if node.batched:
@@ -441,75 +435,6 @@ class CpuPrinter(TrainPrinter, ExpForms):
         out(f"{self.elem(node, 'i', r, c)} = {self.scalar.doprint_expr(reduced)}")
         out.depth -= depth
 
-    # -- flat statements: every sample's entries in one loop ----------------------
-    def _flat_ok(self, node: Node, body: sp.Expr, reads) -> bool:
-        """Whether ``node = body`` can run as one loop over the entries of every
-        sample (``_print_flat``): in kernels with BLAS products, whose batches are
-        large, for a per-sample vector whose reads are per-sample vectors of its
-        size and step constants (no parameter read entry by entry, e.g. a bias)."""
-        if not (self._batch_exps and isinstance(node, Map) and node.batched):
-            return False
-        if node.size >= FLAT_MAX_ENTRIES:
-            return False
-        if node.id in self.inlined or 1 not in node.shape:
-            return False
-        used = body.free_symbols
-        for sym, arg, scalar in reads:
-            if sym not in used or _is_seed(arg):
-                continue
-            if isinstance(arg, (_Stored, Leaf)):  # data: a new slice every step
-                return False
-            if arg.batched:
-                if arg.size != node.size:  # e.g. a per-sample scalar, broadcast
-                    return False
-            elif not scalar:  # a parameter read entry by entry
-                return False
-        return True
-
-    def _flat_map(self, node: Node) -> bool:
-        return isinstance(node, Map) and self._flat_ok(node, *self._map_body(node))
-
-    def _print_flat(self, out: _Lines, node: Node, body: sp.Expr, reads) -> None:
-        """``node = body`` as one loop over the n × size entries of the batch (see
-        ``_flat_ok``), through 1-d views of the buffers (``flat_views``). Row loops
-        cost ~10 ns per sample each (a runtime row stride, a remainder loop): the
-        same work flat was 2-3× faster at 32 entries per sample, and exps vectorise
-        at 10."""
-        temps, (reduced,) = sp.cse(body, symbols=sp.numbered_symbols("t"), optimizations="basic")
-        used, size = body.free_symbols, node.size
-
-        def view(arg: Node) -> str:
-            while isinstance(arg, Transpose):
-                arg = arg.args[0]
-            name = self.name(arg)
-            return self.flat_views.setdefault(name, f"{name}f")
-
-        target = view(node)
-        loads = [
-            f"{sym} = {view(arg)}[k]"
-            if arg.batched and not _is_seed(arg)
-            else f"{sym} = {self.elem(arg, 'i', 0, 0)}"
-            for sym, arg, _ in reads
-            if sym in used
-        ]
-        out(f"for k in range(n * {size}):  # every sample's entries in one loop")
-        with out.indent():
-            for line in loads:
-                out(line)
-            for t, e in temps:
-                out(f"{t} = {self.scalar.doprint_expr(e)}")
-            out(f"{target}[k] = {self.scalar.doprint_expr(reduced)}")
-
-    def _insert_flat_views(self, out: _Lines, at: int) -> None:
-        """Put the 1-d views that a kernel's flat statements read (``_print_flat``) at
-        line ``at`` of its body, made once per call: ``reshape`` calls into C
-        (~20 ns), too dear for every statement of a step at a batch of one."""
-        out.lines[at:at] = [
-            f"    {view} = {name}.reshape({name}.size)  # flat: sample after sample"
-            for name, view in self.flat_views.items()
-        ]
-        self.flat_views.clear()
-
     @functools.cached_property
     def _batch_exps(self) -> bool:
         """Whether narrow layers take their exps over the whole batch (``_batch_exp``):
@@ -540,27 +465,6 @@ class CpuPrinter(TrainPrinter, ExpForms):
         r, c, d = self._loops(out, node.shape)
         out(f"{self.elem(node, 'i', r, c)} += {self.elem(a, 'i', r, c)}")
         out.depth -= d + opened
-
-    def _blocked_sum(self, node: BatchSum) -> bool:
-        """Whether Σₙ is its own statement, four samples per pass (narrow, large batches)."""
-        return self._batch_exps and node.size < FLAT_MAX_ENTRIES
-
-    def _print_blocked_sum(self, out: _Lines, node: BatchSum, a: Node) -> None:
-        """Σₙ over a large batch, four samples per pass: one sample per pass waited
-        on the sum's store and reload every sample (Σ of 256 × 32 entries: 4.1 →
-        1.5 µs float64, 3.9 → 0.8 float32)."""
-        self._zero(out, [(self.name(node), node.shape)])
-        for lo, hi, step in (("0", "n - n % 4", ", 4"), ("n - n % 4", "n", "")):
-            out(f"for i in range({lo}, {hi}{step}):")
-            with out.indent():
-                r, c, d = self._loops(out, node.shape)
-                if step:
-                    rows = [self.elem(a, f"i + {q}" if q else "i", r, c) for q in range(4)]
-                    term = f"({rows[0]} + {rows[1]}) + ({rows[2]} + {rows[3]})"
-                else:
-                    term = self.elem(a, "i", r, c)
-                out(f"{self.elem(node, 'i', r, c)} += {term}")
-                out.depth -= d
 
     def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
         out(f"# {self._describe(node)}")
@@ -911,7 +815,7 @@ class CpuPrinter(TrainPrinter, ExpForms):
         return self.elem_storage(node), transposed
 
     def elem_storage(self, node: Node) -> str:
-        if _is_seed(node):
+        if is_seed(node):
             raise GradcError("the output cannot be the loss seed")
         return self.name(node)
 
@@ -920,11 +824,6 @@ class CpuPrinter(TrainPrinter, ExpForms):
 _LOCAL = re.compile(
     r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
-
-
-def _is_seed(node) -> bool:
-    """The loss seed ∂L/∂L, printed as ``inv_n`` (the mean over the batch)."""
-    return isinstance(node, Leaf) and node.role == "seed"
 
 
 def _has_blas_branch(node: MatMul) -> bool:

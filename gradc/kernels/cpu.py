@@ -436,10 +436,12 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         out.depth -= depth
 
     @functools.cached_property
-    def _batch_exps(self) -> bool:
-        """Whether narrow layers take their exps over the whole batch (``_batch_exp``):
-        in kernels with BLAS products, whose batches are large. A small network's
-        one-sample pass (``one_sample_pass``) keeps every statement in its loop."""
+    def _large_batches(self) -> bool:
+        """Whether the kernels have BLAS products, so run at large batches: then
+        narrow layers take their exps over the whole batch (``_batch_exp``) and
+        narrow statements use the large-batch forms (cpu_flat.py). A small
+        network's one-sample pass (``one_sample_pass``) keeps every statement in
+        its loop."""
         nodes = self.deriv.forward + self.deriv.backward
         return any(isinstance(n, MatMul) and _has_blas_branch(n) for n in nodes)
 

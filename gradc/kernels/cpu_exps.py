@@ -52,9 +52,9 @@ class ExpForms:
     ``inlined``, ``scalar``, the buffers, the loop helpers and the flat form,
     ``_flat_ok`` / ``_print_flat``)."""
 
-    # set by CpuPrinter: whether batch-wide exps apply at all, and the buffers a
-    # log-sum-exp fills for its softmax
-    _batch_exps: bool
+    # set by CpuPrinter: whether the kernels run at large batches (batch-wide exps
+    # apply at all), and the buffers a log-sum-exp fills for its softmax
+    _large_batches: bool
     exp_buffers: dict[int, str]
     inverse_buffers: dict[int, str]
     _map_bodies: dict[int, tuple[sp.Expr, list]]
@@ -132,7 +132,7 @@ class ExpForms:
 
     def _narrow(self, node: Node, entries: int) -> bool:
         return (
-            self._batch_exps
+            self._large_batches
             and node.batched
             and node.id not in self.inlined
             and entries < VEXP_MIN_ENTRIES

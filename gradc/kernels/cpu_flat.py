@@ -44,7 +44,7 @@ class FlatForms:
     bodies and ``flat_views``, the 1-d views a kernel's flat statements read)."""
 
     # set by CpuPrinter: whether the kernels have BLAS products (large batches)
-    _batch_exps: bool
+    _large_batches: bool
     flat_views: dict[str, str]
 
     def _flat_ok(self, node: Node, body: sp.Expr, reads) -> bool:
@@ -52,7 +52,7 @@ class FlatForms:
         sample (``_print_flat``): in kernels with BLAS products, whose batches are
         large, for a per-sample vector whose reads are per-sample vectors of its
         size and step constants (no parameter read entry by entry, e.g. a bias)."""
-        if not (self._batch_exps and isinstance(node, Map) and node.batched):
+        if not (self._large_batches and isinstance(node, Map) and node.batched):
             return False
         if node.size >= FLAT_MAX_ENTRIES:
             return False
@@ -117,7 +117,7 @@ class FlatForms:
 
     def _blocked_sum(self, node: BatchSum) -> bool:
         """Whether Σₙ is its own statement, four samples per pass (narrow, large batches)."""
-        return self._batch_exps and node.size < FLAT_MAX_ENTRIES
+        return self._large_batches and node.size < FLAT_MAX_ENTRIES
 
     def _print_blocked_sum(self, out: _Lines, node: BatchSum, a: Node) -> None:
         """Σₙ over a large batch, four samples per pass: one sample per pass waited

@@ -263,7 +263,6 @@ class TrainPrinter:
             self._train_body(out, args, rule, fused, before if self._ahead else ())
         finally:
             self._ahead = None
-        self._insert_flat_views(out, out.lines.index("    for step in range(start, stop):"))
         return out.text(), args
 
     def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:
@@ -287,7 +286,7 @@ class TrainPrinter:
         data = self.data_names()
         full = [n.upper() for n in data]
         gather = [f"{n}buf" for n in data]
-        with self.train_loop(out, "train", args, before=before):
+        with self.train_loop(out, "train", args, before=before) as loop_at:
             if data:
                 out("if shuffle:")
                 with out.indent():
@@ -312,6 +311,7 @@ class TrainPrinter:
                 out("# ---- backward")
                 self.backward_body(out, skip)
             self.norms_and_update(out, rule, fused)
+        self._insert_flat_views(out, loop_at)  # before the step loop: once per call
 
     def product_ahead(self, fused: dict[int, tuple[Node, Node]]) -> Ahead | None:
         """A first-layer product W·x whose W is updated in a batch-of-one sweep
@@ -338,7 +338,8 @@ class TrainPrinter:
     @contextmanager
     def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = "", before=()):
         """A training kernel's signature and step loop; the body goes inside the loop
-        (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch)."""
+        (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch). Yields the
+        index of the loop's first line, where per-call setup can still go."""
         out(decorator or _DECORATOR)
         out(f"def {name}({', '.join(args)}):")
         with out.indent():
@@ -351,6 +352,7 @@ class TrainPrinter:
             out("nbatches = (nrows + bs - 1) // bs")
             for line in before:
                 out(line)
+            loop_at = len(out.lines)
             out("for step in range(start, stop):")
             with out.indent():
                 out("batch_no = step % nbatches")
@@ -360,7 +362,7 @@ class TrainPrinter:
                 out("lo = batch_no * bs")
                 out("n = min(bs, nrows - lo)")
                 out("inv_n = F(1.0) / F(n)")
-                yield
+                yield loop_at
             out("return 0, stop")
 
     def norms_and_update(

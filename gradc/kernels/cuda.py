@@ -115,9 +115,9 @@ class CudaPrinter(CpuPrinter):
     """Prints one ``@cuda.jit`` kernel per node statement, and the host code launching it."""
 
     EXP = "math.exp"  # CUDA's own exp (libdevice)
-    # one thread per entry already: no batch-wide exp loops, no kept softmax
+    # one thread per entry already: no batch-wide exp or flat loops, no kept softmax
     SHARE_SOFTMAX = False
-    _batch_exps = False
+    _large_batches = False
 
     def __init__(self, deriv: Derivation, dtype: str):
         super().__init__(deriv, dtype)

@@ -603,8 +603,9 @@ def test_batch_innermost_kernel_against_the_delta_recursion(
 def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch):
     """Tiny networks print their gradient zeroing, norms and update in the training
     kernel (kernels/cpu_train.py, INLINE_MAX_ENTRIES); larger ones call the shared step
-    module. Both replayed with the NumPy δ recursion and the reference Adam, with
-    clip_norm and per-step gradient norms."""
+    module. Both keep one sample's values and δ in rows on the kernel's stack
+    (reused by each sample of a batch of 3). Both replayed with the NumPy δ
+    recursion and the reference Adam, with clip_norm and per-step gradient norms."""
     acts = ["tanh", "sigmoid"]
     net, values = _net_and_params(widths, acts, seed=23, scale=0.5)
     prog = gc.compile(net, loss=gc.mse)
@@ -639,6 +640,46 @@ def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch
         np.testing.assert_allclose(hist.grad_norms[k], [n[k] for n in norms], rtol=1e-10)
     assert_dicts_close(params, want, rtol=1e-10, atol=1e-13, what=f"Adam {widths}")
     assert ("step_each" in prog.source["train"]) == (batch == 3)
+    assert "local_row(" in prog.source["train"]
+
+
+def test_repeated_fits_see_new_arrays_and_changed_values():
+    """fit keeps its prepared kernel call for the next call with the same arrays
+    (by identity): a second call must still see data changed in place, new data
+    arrays, a parameter array replaced in the dict, and NaN written into the data
+    since the last call. Replayed with the NumPy δ recursion."""
+    widths, acts = [3, 4, 2], ["sigmoid", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=31, scale=0.5)
+    prog = gc.compile(net, loss=gc.mse)
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 6, 31)
+    params = prog.init(values)
+    want = {k: np.array(v, float) for k, v in values.items()}
+    opt = gc.SGD(0.2)
+
+    def replay(X, Y):
+        nonlocal want
+        for s in range(len(X)):
+            _, g = mlp_grad_dict(want, names, acts, X[s : s + 1], Y[s : s + 1])
+            want = {k: want[k] - 0.2 * g[k] for k in want}
+
+    prog.fit(params, X, Y, optimizer=opt, batch_size=1, shuffle=False)
+    replay(X, Y)
+    X *= -0.5  # the same array, new values
+    prog.fit(params, X, Y, optimizer=opt, batch_size=1, shuffle=False)
+    replay(X, Y)
+    X2, Y2 = X[::-1].copy(), Y[::-1].copy()  # new arrays
+    prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
+    replay(X2, Y2)
+    params[names[0][0]] = params[names[0][0]].copy()  # a new parameter array
+    prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
+    replay(X2, Y2)
+    assert_dicts_close(params, want, rtol=1e-12, atol=1e-14, what="four fits")
+    X2[4, 1] = np.nan
+    kept = {k: v.copy() for k, v in params.items()}
+    with pytest.raises(gc.GradcError, match="row 4"):
+        prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
+    assert_dicts_close(params, kept, rtol=0, atol=0, what="refused fit")
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])

@@ -125,6 +125,9 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         self.inverse_buffers: dict[int, str] = {}  # LogSumExp id → 1 / Σ exp per sample
         # buffers (name, shape) the sample loop being printed zeroes first
         self._group: list[tuple[str, tuple[int, int]]] | None = None
+        # per-sample buffers held as one sample's row on the stack (while the
+        # training kernel's single sample loop is printed: TrainPrinter.local_rows)
+        self.local_rows: frozenset[str] = frozenset()
         self._name_everything()
         self._map_bodies = {}  # node id → its body and reads (ExpForms._map_body)
 
@@ -242,7 +245,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         name = self.name(node)
         if node.batched:
             flat = r if node.shape[1] == 1 else c
-            return f"{name}[{i}, {flat}]"
+            return f"{name}[{flat}]" if name in self.local_rows else f"{name}[{i}, {flat}]"
         return f"{name}[{r}, {c}]"
 
     def blas_operand(self, node: Node) -> str:
@@ -311,22 +314,33 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         ``tail`` = (node, line): ``line`` (per sample) is printed in the loop of the
         group holding ``node``; returns whether that happened.
         """
+        placed = False
+        for part in self.sample_runs(nodes):
+            if isinstance(part, list):
+                placed |= self._print_group(out, part, tail)
+            else:
+                self.statement(out, part)
+        return placed
+
+    def sample_runs(self, nodes) -> list[list[Node] | Node]:
+        """``nodes`` in order as the statements :meth:`print_nodes` prints: runs of
+        groupable nodes (each one sample loop; a run ends where a node reads a batch
+        sum of its own run) and single nodes."""
+        parts: list[list[Node] | Node] = []
         run: list[Node] = []
         reduced: set[int] = set()
-        placed = False
         for node in nodes:
-            if self._groupable(node) and not any(a.id in reduced for a in node.args):
-                run.append(node)
-                if isinstance(node, BatchSum) or (isinstance(node, MatMul) and node.contract):
-                    reduced.add(node.id)
+            if not self._groupable(node):
+                parts += [run, node] if run else [node]
+                run, reduced = [], set()
                 continue
-            placed |= self._print_group(out, run, tail)
-            run, reduced = [], set()
-            if self._groupable(node):  # reads a batch sum of the run just printed
-                run.append(node)
-                continue
-            self.statement(out, node)
-        return self._print_group(out, run, tail) or placed
+            if any(a.id in reduced for a in node.args):
+                parts.append(run)
+                run, reduced = [], set()
+            run.append(node)
+            if isinstance(node, BatchSum) or (isinstance(node, MatMul) and node.contract):
+                reduced.add(node.id)
+        return [*parts, run] if run else parts
 
     def _print_group(self, out: _Lines, run: list[Node], tail) -> bool:
         if not run:
@@ -840,8 +854,8 @@ def _transposed(operand: str) -> str:
 
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "fill_zero, fill_zero_each, gather_columns, gather_rows, matmul, shuffle_epoch, sum_squares,"
-    " sum_squares_into, vexp"
+    "fill_zero, fill_zero_each, gather_columns, gather_rows, local_row, matmul, shuffle_epoch,"
+    " sum_squares, sum_squares_into, vexp"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the
 # call, so it is compiled without Numba's reference counting: a third less

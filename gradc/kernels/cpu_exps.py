@@ -59,12 +59,12 @@ class ExpForms:
     inverse_buffers: dict[int, str]
     _map_bodies: dict[int, tuple[sp.Expr, list]]
     SHARE_SOFTMAX: bool
+    local_rows: frozenset[str]
 
-    @staticmethod
-    def stored(buffer: str, entry) -> str:
+    def stored(self, buffer: str, entry) -> str:
         """Sample ``i``'s ``entry`` of a buffer that holds no node (``_Stored``);
         the batch-innermost printer stores them (entries, batch)."""
-        return f"{buffer}[i, {entry}]"
+        return f"{buffer}[{entry}]" if buffer in self.local_rows else f"{buffer}[i, {entry}]"
 
     @contextmanager
     def _exp_for(self, entries: int):

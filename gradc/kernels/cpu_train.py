@@ -25,7 +25,7 @@ from ..spec.optimizers import UpdateRule
 from .common import Lines as _Lines
 from .common import UpdateForm, comment_text
 
-__all__ = ["FUSED_MIN_ENTRIES", "INLINE_MAX_ENTRIES", "Ahead", "TrainPrinter"]
+__all__ = ["FUSED_MIN_ENTRIES", "INLINE_MAX_ENTRIES", "STACK_MAX_ENTRIES", "Ahead", "TrainPrinter"]
 
 # From this many entries a weight's batch-of-one step forms and applies its
 # gradient in one sweep (smaller ones stay in cache: a second pass is free).
@@ -35,6 +35,9 @@ FUSED_MIN_ENTRIES = 1024
 # not by runtime calls over a tuple: each call costs ~10–30 ns, as much as the
 # whole update of a tiny network (measured, 3-4-2 at batch 1: 0.24 → 0.14 µs/step).
 INLINE_MAX_ENTRIES = 256
+# A training kernel whose forward and backward are one sample loop keeps that
+# sample's values and δ (at most this many entries in all) as rows on its stack.
+STACK_MAX_ENTRIES = 2048
 
 
 @dataclass
@@ -120,10 +123,12 @@ class TrainPrinter:
             out(f"bad += step_each({', '.join(tuples)}, {knobs})")
 
     def _row(self, node: Node) -> str:
-        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``)."""
+        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``, or ``d2``
+        when it is a stack row)."""
         while isinstance(node, Transpose):
             node = node.args[0]
-        return f"{self.name(node)}[0]"
+        name = self.name(node)
+        return name if name in self.local_rows else f"{name}[0]"
 
     def step_kernels(self, rule: UpdateRule) -> str:
         """``step_entries`` and ``step_outer``: the rule on every entry of one
@@ -254,16 +259,38 @@ class TrainPrinter:
 
     def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
         gather = [f"{n}buf" for n in self.data_names()]
-        args = self.train_args(rule, gather + self.value_names() + self.delta_names())
         fused = self.fused_gradients()
+        rows = self.stack_rows(fused)
+        buffers = [b for b in self.value_names() + self.delta_names() if b not in rows]
+        args = self.train_args(rule, gather + buffers)
         self._ahead = self.product_ahead(fused)
-        before = ["ahead = False  # W·x of this step's sample formed in the last update"]
+        before = []
+        if rows:
+            before.append("# one sample's values and δ: rows on the stack, reused by every sample")
+            before += [f"{name} = local_row({size}, F)" for name, size in rows.items()]
+        if self._ahead:
+            before.append("ahead = False  # W·x of this step's sample formed in the last update")
         out = _Lines()
+        self.local_rows = frozenset(rows)
         try:
-            self._train_body(out, args, rule, fused, before if self._ahead else ())
+            self._train_body(out, args, rule, fused, before)
         finally:
             self._ahead = None
+            self.local_rows = frozenset()
         return out.text(), args
+
+    def stack_rows(self, fused) -> dict[str, int]:
+        """Per-sample buffers the training kernel keeps as one row on its stack
+        (name → entries): all of them, when forward and backward run as one sample
+        loop that nothing reads after (no gradient formed from the whole batch's δ
+        later) and their rows are small (STACK_MAX_ENTRIES); else none."""
+        grads = self.deriv.grads
+        skip = frozenset(grads[k].id for k in fused)
+        nodes = self.deriv.forward + [n for n in self.deriv.backward if n.id not in skip]
+        if fused or not self.one_sample_pass(skip) or len(self.sample_runs(nodes)) != 1:
+            return {}
+        rows = {b.name: b.shape[0] * b.shape[1] for b in self.buffers if b.batched}
+        return rows if sum(rows.values()) <= STACK_MAX_ENTRIES else {}
 
     def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:
         """A training kernel's arguments: loop and optimizer scalars, the whole data,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "fill_zero_each",
     "gather_rows",
     "gather_columns",
+    "local_row",
     "seed_base",
     "shuffle_epoch",
     "shuffle_rows",
@@ -43,6 +44,42 @@ def seed_base(seed: int) -> np.uint64:
     True
     """
     return np.uint64((int(seed) * SEED_STRIDE) % 2**63)
+
+
+@intrinsic
+def local_row(typingctx, entries, dtype):
+    """A 1-d array of ``entries`` (a literal) numbers of ``dtype``, on the calling
+    kernel's stack: one sample's values in a sample loop.
+
+    An argument buffer may alias every other array as far as LLVM knows, so each
+    store to it reloads the weights; a stack row aliases nothing, and once its
+    literal-extent loops are unrolled its entries live in registers (3-4-2 at
+    batch 1: ~20 % of a training step).
+    """
+    if not isinstance(entries, types.IntegerLiteral) or not isinstance(dtype, types.NumberClass):
+        return None
+    count, elem = entries.literal_value, dtype.instance_type
+    row = types.Array(elem, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        item = context.get_data_type(elem)
+        # in the entry block (cgutils does that), so it is allocated once per call
+        storage = cgutils.alloca_once(builder, ir.ArrayType(item, count))
+        data = builder.bitcast(storage, item.as_pointer())
+        intp = context.get_value_type(types.intp)
+        size = context.get_abi_sizeof(item)
+        array = context.make_array(row)(context, builder)
+        context.populate_array(
+            array,
+            data=data,
+            shape=[ir.Constant(intp, count)],
+            strides=[ir.Constant(intp, size)],
+            itemsize=ir.Constant(intp, size),
+            meminfo=None,
+        )
+        return array._getvalue()
+
+    return row(entries, dtype), codegen
 
 
 @numba.njit(cache=True)

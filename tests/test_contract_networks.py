@@ -4,7 +4,9 @@ Gradients are checked against the hand-written NumPy delta recursion in
 ``reference.py`` and against central finite differences of the NumPy loss.
 """
 
+import gc as gc_module
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -680,6 +682,13 @@ def test_repeated_fits_see_new_arrays_and_changed_values():
     with pytest.raises(gc.GradcError, match="row 4"):
         prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
     assert_dicts_close(params, kept, rtol=0, atol=0, what="refused fit")
+    # what fit keeps for its next call holds no data set alive
+    big = np.random.default_rng(3).standard_normal((50, 3))
+    prog.fit(params, big, np.zeros((50, 2)), optimizer=opt, batch_size=1)
+    ref = weakref.ref(big)
+    del big
+    gc_module.collect()
+    assert ref() is None
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])

@@ -58,13 +58,15 @@ _FIT_SLOTS = frozenset({"hp", "clip", "seed", "start", "stop", "opt_step", "loss
 
 @dataclass
 class FitCall:
-    """A training kernel and its argument list for one set of arrays and batch size
-    (``Program._fit_call``); ``slots`` indexes the arguments set per call."""
+    """A training kernel and its argument list for one set of parameter arrays and
+    batch size (``Program._fit_call``); ``slots`` and ``data_slots`` index the
+    arguments set at each call."""
 
     name: str
     train: object
     args: list
     slots: dict[str, int]
+    data_slots: list[int]  # where each data leaf's whole array goes
     saved: list  # parameters and optimizer state: what undoing a failed step restores
     backup: list  # their copies
 
@@ -391,6 +393,8 @@ class Program:
         )
         args[slot["clip"]] = plan.clip
         args[slot["seed"]] = seed_base(plan.seed)
+        for k, arr in zip(call.data_slots, data):
+            args[k] = arr
         train, saved, backup = call.train, call.saved, call.backup
 
         history = History()
@@ -454,11 +458,13 @@ class Program:
         return history
 
     def _fit_call(self, opt: Optimizer, p, data, states, plan: FitPlan) -> FitCall:
-        """The training kernel and its arguments for these arrays and batch size,
-        kept for the next call with the same ones (found by identity: the call holds
-        them, so their ids stay theirs). Building it costs ~40 µs in a fit of a
-        few ms (35 arguments, the namespace), as much as 300 steps of a tiny
-        network; the per-call values (hp, clip, seed, steps) go into its slots."""
+        """The training kernel and its arguments for these parameter and state
+        arrays and this batch size, kept for the next call with the same ones
+        (found by identity: the call holds them, so their ids stay theirs).
+        Building it costs ~40 µs in a fit of a few ms (35 arguments, the
+        namespace), as much as 300 steps of a tiny network. The data and the
+        per-call values (hp, clip, seed, steps) go into its slots at each call:
+        a kept call holds no data set alive."""
         okern, omod = self._optimizer_module(opt)
         bs, nrows = plan.bs, plan.nrows
         key = (
@@ -467,7 +473,6 @@ class Program:
             nrows,
             plan.shuffle,
             *map(id, p),
-            *map(id, data),
             *(id(s) for st in states for s in st),
         )
         call = self._fit_calls.get(key)
@@ -483,7 +488,6 @@ class Program:
         gather = self._fit_buffers("gather", [(bs, d.shape[1]) for d in data])
         ns.update(zip([f"{name}buf" for name in names], gather))
         ns.update(zip(self._g_args, grads))
-        ns.update(zip([name.upper() for name in names], data))
         for k, st in enumerate(states):
             ns.update({f"s{k}_{j}": s for j, s in enumerate(st)})
         (perm,) = self._fit_buffers("perm", [(nrows,)], np.int64)
@@ -498,15 +502,17 @@ class Program:
             ns.update(zip(lanes, arrays))
         # what a failed step's undo restores: parameters and optimizer state
         saved = p + [s for st in states for s in st]
+        whole = [name.upper() for name in names]  # the whole data, one per leaf
         call = FitCall(
             name=name,
             train=getattr(omod, name),
-            args=[None if a in _FIT_SLOTS else ns[a] for a in arg_names],
+            args=[None if a in _FIT_SLOTS or a in whole else ns[a] for a in arg_names],
             slots={a: k for k, a in enumerate(arg_names) if a in _FIT_SLOTS},
+            data_slots=[arg_names.index(a) for a in whole],
             saved=saved,
             backup=self._fit_buffers("backup", [a.shape for a in saved]),
         )
-        if len(self._fit_calls) >= 4:
+        if len(self._fit_calls) >= 2:
             self._fit_calls.clear()
         self._fit_calls[key] = call
         return call

@@ -231,3 +231,30 @@ def test_vexp_matches_numpy_exp_to_one_ulp():
     apply(special, out)
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(out, np.exp(special))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_every_operand_layout_against_numpy(dtype):
+    """kernels/blas.py: out = a·b for row-major and transposed operands (passed to
+    CBLAS as flags), single rows and columns, row slices of a larger buffer, and a
+    strided view it hands to np.dot, against the float64 NumPy product."""
+    from gradc.kernels.blas import matmul
+
+    rng = np.random.default_rng(5)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for m, k, n in ((9, 40, 7), (1, 5, 3), (6, 1, 4), (5, 3, 1), (1, 1, 1)):
+        A = rng.standard_normal((m, k)).astype(dtype)
+        B = rng.standard_normal((k, n)).astype(dtype)
+        for a in (A, np.asfortranarray(A)):
+            for b in (B, np.asfortranarray(B)):
+                out = np.full((m, n), np.nan, dtype)
+                matmul(a, b, out)
+                want = a.astype(np.float64) @ b.astype(np.float64)
+                np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    big = rng.standard_normal((30, 20)).astype(dtype)
+    W = rng.standard_normal((20, 6)).astype(dtype)
+    for a, b in ((big[:11], W), (big[::2, ::2], W[:10])):  # a row slice; a strided view
+        out = np.full((a.shape[0], 6), np.nan, dtype)
+        matmul(a, b, out)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())

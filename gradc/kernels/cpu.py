@@ -40,6 +40,7 @@ from ..derivation.program import Derivation
 from ..errors import GradcError
 from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
+from .blas import BLAS
 from .cache import module_name
 from .common import Lines as _Lines
 from .common import comment_text, entry_atoms, is_seed
@@ -852,10 +853,12 @@ def _transposed(operand: str) -> str:
     return operand[:-2] if operand.endswith(".T") else operand + ".T"
 
 
+# the BLAS that matmul calls is part of the source: a kernel cached with one BLAS
+# (an external function it calls by name) is never loaded with the other
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
     "fill_zero, fill_zero_each, gather_columns, gather_rows, local_row, matmul, shuffle_epoch,"
-    " sum_squares, sum_squares_into, vexp"
+    f" sum_squares, sum_squares_into, vexp  # matmul: {BLAS}"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the
 # call, so it is compiled without Numba's reference counting: a third less

@@ -11,6 +11,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from .blas import matmul
+
 __all__ = [
     "matmul",
     "vexp",
@@ -114,15 +116,6 @@ def shuffle_rows(perm, nrows, seed):
 # printed into a training kernel costs ~60 ms of Numba compile time, a call
 # costs almost nothing. They allocate nothing (hence no reference counting).
 _LIGHT = {"cache": True, "error_model": "numpy", "_nrt": False}
-
-
-@numba.njit(cache=True, error_model="numpy")
-def matmul(a, b, out):
-    """out = a · b through BLAS (``np.dot``), compiled once per machine for each
-    combination of array layouts. Kernels call this rather than ``np.dot``,
-    whose code Numba would type and lower again at every call site (~65 ms
-    each, ~0.5 s for the first in a process)."""
-    np.dot(a, b, out)
 
 
 @numba.njit(**_LIGHT)

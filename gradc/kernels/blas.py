@@ -1,0 +1,163 @@
+"""kernels stage: matrix products for the generated kernels, through NumPy's own BLAS.
+
+Numba's ``np.dot`` calls the BLAS that SciPy bundles, through its Fortran
+interface, and copies or re-checks operands on the way. NumPy's wheels bundle
+their own OpenBLAS (``numpy.libs``), often a newer one, and export its CBLAS
+interface. Called directly from compiled code (with a transposed operand as a
+``Trans`` flag, not a copy), it was faster here on the products a training step
+makes, most in float32 (one process, one thread, best of 7):
+
+    float32  x·Wᵀ 32×784 by 784×256: 316 → 241 µs;  δᵀ·a 256×32 by 32×64: 23 → 14
+    float64  x·Wᵀ 32×512 by 512×512: 481 → 462 µs;  δᵀ·a 256×10 by 256×32: 9.3 → 7.7
+
+The library is looked for once, at import; its functions are declared to LLVM
+by name (``load_library_permanently`` makes the name resolve), so kernels that
+call them still go to Numba's disk cache. Without it (another NumPy build, or
+``GRADC_BLAS=numba``) ``matmul`` is Numba's ``np.dot``. ``BLAS`` names what
+``matmul`` calls; the kernel printer writes it into each module's source, so a
+kernel cached with one BLAS is never loaded with the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import numba
+import numpy as np
+from llvmlite import binding, ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+__all__ = ["BLAS", "matmul"]
+
+# CBLAS enum values (cblas.h)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _find_cblas() -> tuple[str, str, int] | None:
+    """(sgemm name, dgemm name, integer bits) of NumPy's bundled OpenBLAS, loaded
+    so that LLVM resolves those names; None if there is none to use."""
+    if os.environ.get("GRADC_BLAS", "").lower() == "numba":
+        return None
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        # scipy-openblas64 (NumPy ≥ 2 wheels): prefixed names, 64-bit integers
+        for prefix, suffix, bits in (("scipy_", "64_", 64), ("", "64_", 64), ("scipy_", "", 32)):
+            sgemm, dgemm = f"{prefix}cblas_sgemm{suffix}", f"{prefix}cblas_dgemm{suffix}"
+            if hasattr(lib, sgemm) and hasattr(lib, dgemm):
+                binding.load_library_permanently(path)
+                return sgemm, dgemm, bits
+    return None
+
+
+_CBLAS = _find_cblas()
+BLAS = f"NumPy's OpenBLAS ({_CBLAS[0]}, {_CBLAS[1]})" if _CBLAS else "Numba np.dot"
+
+
+@intrinsic
+def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c ← alpha·op(a)·op(b) + beta·c by CBLAS ?gemm (row-major); ``ta``/``tb`` are
+    the CBLAS transpose flags, a, b, c arrays whose data pointers are passed."""
+    if (
+        _CBLAS is None
+        or not isinstance(c, types.Array)
+        or c.dtype not in (types.float32, types.float64)
+    ):
+        return None
+    dtype = c.dtype
+    name = _CBLAS[0] if dtype == types.float32 else _CBLAS[1]
+    bits = _CBLAS[2]
+
+    def codegen(context, builder, signature, args):
+        flt = context.get_value_type(dtype)
+        ptr = flt.as_pointer()
+        i32, iN = ir.IntType(32), ir.IntType(bits)
+        fnty = ir.FunctionType(
+            ir.VoidType(), [i32, i32, i32, iN, iN, iN, flt, ptr, iN, ptr, iN, flt, ptr, iN]
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        ta_, tb_, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        arrays = signature.args
+
+        def data(value, ty):
+            return context.make_array(ty)(context, builder, value).data
+
+        def size(value):
+            return builder.trunc(value, iN) if bits == 32 else value
+
+        def scalar(value):  # alpha and beta arrive as float64
+            return builder.fptrunc(value, flt) if dtype == types.float32 else value
+
+        builder.call(
+            fn,
+            [
+                ir.Constant(i32, _ROW_MAJOR),
+                builder.trunc(ta_, i32),
+                builder.trunc(tb_, i32),
+                size(m_),
+                size(n_),
+                size(k_),
+                scalar(alpha_),
+                data(a_, arrays[6]),
+                size(lda_),
+                data(b_, arrays[8]),
+                size(ldb_),
+                scalar(beta_),
+                data(c_, arrays[11]),
+                size(ldc_),
+            ],
+        )
+        return context.get_dummy_value()
+
+    intp, f64 = types.intp, types.float64
+    sig = types.void(intp, intp, intp, intp, intp, f64, a, intp, b, intp, f64, c, intp)
+    return sig, codegen
+
+
+@numba.njit(cache=True)
+def _operand(x, itemsize):
+    """(CBLAS flag, leading dimension) of a 2-d operand read as row-major, or (0, 0)
+    when its layout is neither row-major nor a transpose of one."""
+    rows, cols = x.shape
+    s0, s1 = x.strides
+    if s1 == itemsize and s0 >= max(1, cols) * itemsize and s0 % itemsize == 0:
+        return _NO_TRANS, s0 // itemsize
+    if s0 == itemsize and s1 >= max(1, rows) * itemsize and s1 % itemsize == 0:
+        return _TRANS, s1 // itemsize
+    if rows == 1 and s1 == itemsize:  # one row: any row stride
+        return _NO_TRANS, max(1, cols)
+    if cols == 1 and s0 == itemsize:  # one column: any column stride
+        return _TRANS, max(1, rows)
+    return 0, 0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _matmul_cblas(a, b, out):
+    """out = a · b through CBLAS gemm (np.dot for layouts it cannot take)."""
+    size = out.itemsize
+    ta, lda = _operand(a, size)
+    tb, ldb = _operand(b, size)
+    tc, ldc = _operand(out, size)
+    if ta == 0 or tb == 0 or tc != _NO_TRANS:
+        np.dot(a, b, out)
+        return
+    _gemm(ta, tb, a.shape[0], b.shape[1], a.shape[1], 1.0, a, lda, b, ldb, 0.0, out, ldc)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _matmul_dot(a, b, out):
+    """out = a · b through Numba's np.dot."""
+    np.dot(a, b, out)
+
+
+# out = a · b (2-d arrays, out C-contiguous), compiled once per machine for each
+# combination of array layouts. Kernels call this rather than ``np.dot``, whose
+# code Numba would type and lower again at every call site (~65 ms each, ~0.5 s
+# for the first in a process).
+matmul = _matmul_cblas if _CBLAS else _matmul_dot

@@ -740,7 +740,8 @@ def render(data: dict) -> str:
         "",
         "`matmul_only` is not a peer: it runs only the step's matrix products "
         "(forward, weight gradient, and the δ product of every layer but the first) "
-        "into preallocated buffers through Numba's `np.dot` (BLAS), a floor for BLAS-bound cases.",
+        "into preallocated buffers through the BLAS entry gradc's kernels call "
+        "(`gradc.kernels.blas.matmul`: NumPy's OpenBLAS by CBLAS), a floor for BLAS-bound cases.",
         "",
         "## Summary",
         "",

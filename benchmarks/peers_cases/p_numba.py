@@ -7,7 +7,9 @@
   one pass per sample, gradients accumulated over the batch, then the update.
 - ``matmul_only`` (a floor, not a peer): only the matrix products of a step
   (forward ``a @ Wᵀ`` per layer, ``δᵀ @ a`` per layer, ``δ @ W`` for every
-  layer but the first) into preallocated buffers, nothing else.
+  layer but the first) into preallocated buffers, nothing else, through the
+  same BLAS entry as gradc's kernels (``gradc.kernels.blas.matmul``: NumPy's
+  OpenBLAS by CBLAS where it is found), so the floor is the faster BLAS.
 
 Each source is written to a file under the run directory and imported with
 ``@njit(cache=True)`` (the recipe of ``NUMBA_FACTS.md`` §3), so only the first
@@ -243,6 +245,7 @@ def matmul_source(case: Case) -> str:
     L = case.layers
     B = "bs"
     src = _HEADER.format(dtype=case.dtype, what="matrix products only", case=f"{L} layers")
+    src += "from gradc.kernels.blas import matmul  # the BLAS entry gradc's kernels call\n"
     args = ", ".join(f"W{i}, b{i}" for i in range(1, L + 1))
     o = ["", "", "@numba.njit(cache=True)", f"def epoch(X, Y, {args}, lr, bs, losses):"]
     for i in range(1, L + 1):
@@ -252,11 +255,11 @@ def matmul_source(case: Case) -> str:
     o.append(f"    for s in range(X.shape[0] // {B}):")
     o.append(f"        a0 = X[s * {B}:(s + 1) * {B}]")
     for i in range(1, L + 1):
-        o.append(f"        np.dot(a{i - 1}, W{i}.T, a{i})")
+        o.append(f"        matmul(a{i - 1}, W{i}.T, a{i})")
     for i in range(L, 0, -1):
-        o.append(f"        np.dot(d{i}.T, a{i - 1}, gW{i})")
+        o.append(f"        matmul(d{i}.T, a{i - 1}, gW{i})")
         if i > 1:
-            o.append(f"        np.dot(d{i}, W{i}, d{i - 1})")
+            o.append(f"        matmul(d{i}, W{i}, d{i - 1})")
     o.append("    return 0")
     return src + "\n".join(o) + "\n"
 

@@ -123,12 +123,10 @@ class TrainPrinter:
             out(f"bad += step_each({', '.join(tuples)}, {knobs})")
 
     def _row(self, node: Node) -> str:
-        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``, or ``d2``
-        when it is a stack row)."""
+        """Sample 0 of a batched vector node, as a 1-d array (``d2[0]``)."""
         while isinstance(node, Transpose):
             node = node.args[0]
-        name = self.name(node)
-        return name if name in self.local_rows else f"{name}[0]"
+        return f"{self.name(node)}[0]"
 
     def step_kernels(self, rule: UpdateRule) -> str:
         """``step_entries`` and ``step_outer``: the rule on every entry of one
@@ -284,10 +282,9 @@ class TrainPrinter:
         (name → entries): all of them, when forward and backward run as one sample
         loop that nothing reads after (no gradient formed from the whole batch's δ
         later) and their rows are small (STACK_MAX_ENTRIES); else none."""
-        grads = self.deriv.grads
-        skip = frozenset(grads[k].id for k in fused)
-        nodes = self.deriv.forward + [n for n in self.deriv.backward if n.id not in skip]
-        if fused or not self.one_sample_pass(skip) or len(self.sample_runs(nodes)) != 1:
+        if fused or not self.one_sample_pass():
+            return {}
+        if len(self.sample_runs(self.deriv.forward + self.deriv.backward)) != 1:
             return {}
         rows = {b.name: b.shape[0] * b.shape[1] for b in self.buffers if b.batched}
         return rows if sum(rows.values()) <= STACK_MAX_ENTRIES else {}

@@ -64,6 +64,7 @@ class FitCall:
 
     name: str
     train: object
+    kernels: object  # the optimizer's kernels (held: the key names them by id)
     args: list
     slots: dict[str, int]
     data_slots: list[int]  # where each data leaf's whole array goes
@@ -506,6 +507,7 @@ class Program:
         call = FitCall(
             name=name,
             train=getattr(omod, name),
+            kernels=okern,
             args=[None if a in _FIT_SLOTS or a in whole else ns[a] for a in arg_names],
             slots={a: k for k, a in enumerate(arg_names) if a in _FIT_SLOTS},
             data_slots=[arg_names.index(a) for a in whole],

@@ -1,14 +1,16 @@
 """kernels stage: matrix products for the generated kernels, through NumPy's own BLAS.
 
 Numba's ``np.dot`` calls the BLAS that SciPy bundles, through its Fortran
-interface, and copies or re-checks operands on the way. NumPy's wheels bundle
-their own OpenBLAS (``numpy.libs``), often a newer one, and export its CBLAS
-interface. Called directly from compiled code (with a transposed operand as a
+interface. NumPy's wheels bundle their own OpenBLAS (``numpy.libs``; 0.3.31
+here against SciPy's 0.3.30) and export its CBLAS interface. Called directly from compiled code (with a transposed operand as a
 ``Trans`` flag, not a copy), it was faster here on the products a training step
 makes, most in float32 (one process, one thread, best of 7):
 
-    float32  x·Wᵀ 32×784 by 784×256: 316 → 241 µs;  δᵀ·a 256×32 by 32×64: 23 → 14
-    float64  x·Wᵀ 32×512 by 512×512: 481 → 462 µs;  δᵀ·a 256×10 by 256×32: 9.3 → 7.7
+    float32  x·Wᵀ 32×784 by 784×256: 316 → 241 µs;  δᵀ·a 32×256 by 256×64: 23 → 14
+    float64  x·Wᵀ 32×512 by 512×512: 481 → 462 µs;  δᵀ·a 10×256 by 256×32: 9.3 → 7.7
+
+A product with one row or one column stays with ``np.dot``, which Numba hands to
+gemv (1×784 by 784×256: 12 µs, OpenBLAS's CBLAS gemm 68).
 
 The library is looked for once, at import; its functions are declared to LLVM
 by name (``load_library_permanently`` makes the name resolve), so kernels that

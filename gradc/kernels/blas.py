@@ -66,12 +66,11 @@ BLAS = f"NumPy's OpenBLAS ({_CBLAS[0]}, {_CBLAS[1]})" if _CBLAS else "Numba np.d
 def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c ← alpha·op(a)·op(b) + beta·c by CBLAS ?gemm (row-major); ``ta``/``tb`` are
     the CBLAS transpose flags, a, b, c arrays whose data pointers are passed."""
-    if (
-        _CBLAS is None
-        or not isinstance(c, types.Array)
-        or c.dtype not in (types.float32, types.float64)
-    ):
+    operands = (a, b, c)
+    if _CBLAS is None or not all(isinstance(x, types.Array) and x.ndim == 2 for x in operands):
         return None
+    if c.dtype not in (types.float32, types.float64) or a.dtype != c.dtype or b.dtype != c.dtype:
+        return None  # gemm reads and writes one float type
     dtype = c.dtype
     name = _CBLAS[0] if dtype == types.float32 else _CBLAS[1]
     bits = _CBLAS[2]

@@ -232,9 +232,9 @@ def test_nonfinite_data_refused_matrix(progq, qparams, qdata):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, None])
 def test_large_data_checked_entrywise(linreg, bad):
-    """Data of 1,024 entries or more is checked with one dot product per array:
-    a NaN or inf anywhere is still refused (naming the row), and huge finite
-    values, whose squares overflow the dot product, are still accepted."""
+    """Data is checked in one compiled pass per array (Σ x − x, data._nan_sum):
+    a NaN or inf anywhere in 3,000 entries is refused (naming the row), and huge
+    finite values (whose sum or squares would overflow) are accepted."""
     X = np.full(3000, 1e200)
     Y = np.zeros(3000)
     if bad is not None:

@@ -2,9 +2,10 @@
 
 Numba's ``np.dot`` calls the BLAS that SciPy bundles, through its Fortran
 interface. NumPy's wheels bundle their own OpenBLAS (``numpy.libs``; 0.3.31
-here against SciPy's 0.3.30) and export its CBLAS interface. Called directly from compiled code (with a transposed operand as a
-``Trans`` flag, not a copy), it was faster here on the products a training step
-makes, most in float32 (one process, one thread, best of 7):
+here against SciPy's 0.3.30) and export its CBLAS interface. Called directly
+from compiled code (with a transposed operand as a ``Trans`` flag, not a
+copy), it was faster here on the products a training step makes, most in
+float32 (one process, one thread, best of 7):
 
     float32  x·Wᵀ 32×784 by 784×256: 316 → 241 µs;  δᵀ·a 32×256 by 256×64: 23 → 14
     float64  x·Wᵀ 32×512 by 512×512: 481 → 462 µs;  δᵀ·a 10×256 by 256×32: 9.3 → 7.7
@@ -84,7 +85,6 @@ def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         )
         fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         ta_, tb_, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
-        arrays = signature.args
 
         def data(value, ty):
             return context.make_array(ty)(context, builder, value).data
@@ -105,12 +105,12 @@ def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
                 size(n_),
                 size(k_),
                 scalar(alpha_),
-                data(a_, arrays[6]),
+                data(a_, a),
                 size(lda_),
-                data(b_, arrays[8]),
+                data(b_, b),
                 size(ldb_),
                 scalar(beta_),
-                data(c_, arrays[11]),
+                data(c_, c),
                 size(ldc_),
             ],
         )

@@ -462,8 +462,8 @@ class Program:
         """The training kernel and its arguments for these parameter and state
         arrays and this batch size, kept for the next call with the same ones
         (found by identity: the call holds them, so their ids stay theirs).
-        Building it costs ~40 µs in a fit of a few ms (35 arguments, the
-        namespace), as much as 300 steps of a tiny network. The data and the
+        Building it (the namespace, an argument per buffer, parameter and state
+        array) costs ~40 µs, as much as 300 steps of a tiny network. The data and the
         per-call values (hp, clip, seed, steps) go into its slots at each call:
         a kept call holds no data set alive."""
         okern, omod = self._optimizer_module(opt)

@@ -301,6 +301,36 @@ def test_update_overflow_in_the_batch_of_one_sweep_is_caught(dtype):
     np.testing.assert_array_equal(params["Wsweep"], np.ones((30, 40)))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_overflow_in_a_folded_product_is_caught(dtype, monkeypatch):
+    """Plain SGD at batch 8 adds −lr·Σₙ δₙxₙᵀ into W inside the gradient product
+    (FOLD_MIN_ENTRIES lowered so that a 30×40 W folds): no new value is read
+    back, a running bound on max |W| has to catch the overflow. W is 1 but for a
+    zero first column; the first batch is fitted exactly (δ = 0: W unchanged, the
+    bound is W's largest entry), in the second one sample has a huge x₀ (its W·x
+    misses y by 1): the gradient and the loss are finite, column 0's update
+    overflows. fit names update step 2 and W is back to its values."""
+    from gradc.kernels import blas, cpu_train
+
+    monkeypatch.setattr(cpu_train, "FOLD_MIN_ENTRIES", 1)
+    x, y = sp.MatrixSymbol("xs", 40, 1), sp.MatrixSymbol("ys", 30, 1)
+    W = sp.MatrixSymbol("Wfold", 30, 40)
+    prog = gc.compile(gc.mse(W * x, y), params=[W], inputs=[x], targets=[y], dtype=dtype)
+    assert ("matmul_acc(" in prog.source["train"]) == blas.FOLDS
+    start = np.ones((30, 40))
+    start[:, 0] = 0.0
+    params = {"Wfold": start.copy()}
+    X = np.ones((16, 40))
+    X[:, 0] = 0.0
+    Y = np.full((16, 30), 39.0)  # W·x exactly
+    big, lr = (1e15, 1e30) if dtype == "float32" else (1e150, 1e160)
+    X[11, 0], Y[11] = big, 40.0
+    with pytest.raises(gc.GradcError, match=r"update step 2 .*param") as ei:
+        prog.fit(params, X, Y, optimizer=gc.SGD(lr=lr), batch_size=8, shuffle=False)
+    _assert_step_message(_msg(ei))
+    np.testing.assert_array_equal(params["Wfold"], start)
+
+
 def test_overflow_in_a_later_epoch_is_undone_to_the_step_before():
     """Loss −w·x/100 (x in [0.5, 1]) with lr = 1e308: every step adds lr·mean(x)/100
     to w, finite (and so is the loss) until the update passes ~1.8e308, some

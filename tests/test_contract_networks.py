@@ -513,6 +513,56 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion(acts, loss_name):
     assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what="fit batch 1, shuffled")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sgd_folded_into_the_weight_gradient_product(dtype, monkeypatch):
+    """Plain SGD at batch sizes 8…13 on a 24-48-3 network (FOLD_MIN_ENTRIES lowered
+    so that its 48×24 W1 folds): the gradient product adds −lr·scale·Σₙ δₙxₙᵀ into
+    W1 itself (gemm with β = 1) and the norm comes from Gram matrices. 21 rows in
+    batches of 10, 10 and 1 (the batch-of-one sweep), two epochs, with clip_norm
+    chosen to clip some steps: parameters, losses and every step's per-parameter
+    gradient norms against the NumPy δ recursion."""
+    from gradc.kernels import blas, cpu_train
+
+    monkeypatch.setattr(cpu_train, "FOLD_MIN_ENTRIES", 1)
+    widths, acts = [24, 48, 3], ["tanh", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=47, scale=0.3)
+    prog = gc.compile(net, loss=gc.mse, dtype=dtype)
+    train = prog.source["train"]
+    assert ("matmul_acc(" in train) == blas.FOLDS  # (GRADC_BLAS=numba: no fold)
+    assert "gram_sq(" in train or not blas.FOLDS
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 21, 47)
+    if dtype == "float32":
+        X, Y = X.astype(np.float32), Y.astype(np.float32)
+    lr, clip, bs = 0.2, 1.1, 10
+    params = prog.init(values)
+    start = {k: np.asarray(v, np.float64).copy() for k, v in params.items()}
+    hist = prog.fit(
+        params, X, Y, optimizer=gc.SGD(lr), epochs=2, batch_size=bs, shuffle=False, clip_norm=clip
+    )
+    want, losses, norms, clipped = start, [], {k: [] for k in start}, 0
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    for _ in range(2):
+        for s in range(0, 21, bs):
+            loss, g = mlp_grad_dict(want, names, acts, X64[s : s + bs], Y64[s : s + bs], "mse")
+            losses.append(loss)
+            for k in g:
+                norms[k].append(np.linalg.norm(g[k]))
+            c = clip_grads(g, clip)
+            clipped += c is not g
+            want = {k: want[k] - lr * c[k] for k in want}
+    assert 0 < clipped < 6  # both kinds of step were taken
+    rtol = 1e-9 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(np.asarray(hist.loss), losses, rtol=rtol)
+    for k in norms:
+        np.testing.assert_allclose(hist.grad_norms[k], norms[k], rtol=rtol, err_msg=k)
+    if dtype == "float64":
+        assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what="folded SGD")
+    else:
+        for k in want:
+            assert np.abs(params[k] - want[k]).max() <= 1e-5, k
+
+
 def test_blas_kernels_in_float32_against_the_delta_recursion():
     """The large-batch forms in float32 (flat statements with ``F(...)`` constants,
     the sigmoid head's batch-wide exps, four-sample bias sums): a 24-48-3 sigmoid

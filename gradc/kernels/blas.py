@@ -19,6 +19,11 @@ call them still go to Numba's disk cache. Without it (another NumPy build, or
 ``GRADC_BLAS=numba``) ``matmul`` is Numba's ``np.dot``. ``BLAS`` names what
 ``matmul`` calls; the kernel printer writes it into each module's source, so a
 kernel cached with one BLAS is never loaded with the other.
+
+With CBLAS, a training kernel may also fold plain gradient descent into a
+weight's gradient product (``matmul_acc``: gemm with β = 1 adds −η·Σₙ δₙxₙᵀ
+straight into W) and take that gradient's norm from Gram matrices (``gram_sq``),
+so the gradient is never stored nor read again (``FOLDS``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from llvmlite import binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["BLAS", "matmul"]
+__all__ = ["BLAS", "FOLDS", "gram_sq", "matmul", "matmul_acc"]
 
 # CBLAS enum values (cblas.h)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -61,6 +66,9 @@ def _find_cblas() -> tuple[str, str, int] | None:
 
 _CBLAS = _find_cblas()
 BLAS = f"NumPy's OpenBLAS ({_CBLAS[0]}, {_CBLAS[1]})" if _CBLAS else "Numba np.dot"
+# whether ``matmul_acc`` adds into its output in place (gemm's β = 1), so that a
+# kernel gains by folding an update into a product
+FOLDS = _CBLAS is not None
 
 
 @intrinsic
@@ -164,3 +172,45 @@ def _matmul_dot(a, b, out):
 # code Numba would type and lower again at every call site (~65 ms each, ~0.5 s
 # for the first in a process).
 matmul = _matmul_cblas if _CBLAS else _matmul_dot
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _matmul_acc_cblas(a, b, out, alpha):
+    """out += alpha · a · b by one gemm (β = 1): no product is stored apart."""
+    size = out.itemsize
+    ta, lda = _operand(a, size)
+    tb, ldb = _operand(b, size)
+    tc, ldc = _operand(out, size)
+    if ta == 0 or tb == 0 or tc != _NO_TRANS:
+        out += alpha * np.dot(a, b)
+        return
+    _gemm(ta, tb, a.shape[0], b.shape[1], a.shape[1], float(alpha), a, lda, b, ldb, 1.0, out, ldc)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _matmul_acc_dot(a, b, out, alpha):
+    """out += alpha · a · b (the product in a temporary: np.dot has no β)."""
+    out += alpha * np.dot(a, b)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def gram_sq(a, b, work):
+    """‖aᵀ·b‖² (squared Frobenius norm) without forming aᵀ·b: for a (n×r) and
+    b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, two n×n Gram matrices in ``work`` (2 × ≥ n²).
+    n²·(r + c) multiply-adds instead of reading r·c entries; exact but for
+    rounding, summed in float64 (never below 0: the sum of a positive
+    semidefinite Hadamard product, whatever rounding says)."""
+    n = a.shape[0]
+    ga = work[0, : n * n].reshape(n, n)
+    gb = work[1, : n * n].reshape(n, n)
+    matmul(a, a.T, ga)
+    matmul(b, b.T, gb)
+    s = 0.0
+    for i in range(n):
+        for j in range(n):
+            s += float(ga[i, j]) * float(gb[i, j])
+    return max(s, 0.0)
+
+
+# out += alpha · a · b (2-d arrays, out C-contiguous)
+matmul_acc = _matmul_acc_cblas if _CBLAS else _matmul_acc_dot

@@ -146,6 +146,22 @@ class UpdateForm:
         temps, values = sp.cse(exprs, symbols=sp.numbered_symbols("t_"), optimizations="basic")
         return cls(theta, g, states, hypers, targets, hoisted, temps, list(values))
 
+    @property
+    def descent_rate(self) -> sp.Expr | None:
+        """η when the rule is plain gradient descent, θ ← θ − η·g with no state and
+        η free of θ and g (in hyperparameters and hoisted names); else None."""
+        if self.states:
+            return None
+        new = self.values[self.targets.index(self.theta)]
+        for t_sym, e in reversed(self.temps):
+            new = new.xreplace({t_sym: e})
+        rate = -sp.diff(new, self.grad)
+        if rate.free_symbols & {self.theta, self.grad}:
+            return None
+        if sp.expand(new - (self.theta - rate * self.grad)) != 0:
+            return None
+        return rate
+
     def new_values(self, doprint) -> list[str]:
         """The lines computing every target's new value (``new_th``, ``new_st0``…)
         from the old ones, ``doprint`` printing each expression."""

@@ -11,10 +11,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .blas import matmul
+from .blas import gram_sq, matmul, matmul_acc
 
 __all__ = [
+    "gram_sq",
     "matmul",
+    "matmul_acc",
+    "max_abs",
     "vexp",
     "fill_zero",
     "fill_zero_each",
@@ -144,6 +147,20 @@ def sum_squares(a):
         for k in range(body, cols):
             s0 += a[r, k] * a[r, k]
     return (s0 + s1) + (s2 + s3)
+
+
+@numba.njit(**_LIGHT)
+def max_abs(a):
+    """max |a| over a 2-d array; +inf when an entry is inf or NaN."""
+    m = 0.0
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            v = abs(a[r, c])
+            if v > m:
+                m = v
+            elif v != v:  # NaN: no comparison is true
+                return math.inf
+    return m
 
 
 @numba.njit(**_LIGHT)

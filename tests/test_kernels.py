@@ -258,3 +258,38 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
         matmul(a, b, out)
         want = a.astype(np.float64) @ b.astype(np.float64)
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_folded_update_helpers_against_numpy(dtype):
+    """The helpers of an SGD step folded into a gradient product: ``matmul_acc``
+    (out += α·a·b, by gemm with β = 1 for transposed and plain operands) and
+    ``gram_sq`` (‖aᵀb‖² from two Gram matrices) against float64 NumPy;
+    ``abs_bound`` is at least max |W| and inf exactly when an entry is inf or NaN,
+    also when the sum of squares overflows but every entry is finite."""
+    from gradc.kernels.runtime import abs_bound, gram_sq, matmul_acc
+
+    rng = np.random.default_rng(8)
+    tol = 2e-5 if dtype == np.float32 else 1e-13
+    n, rows, cols = 11, 9, 14
+    D = rng.standard_normal((n, rows)).astype(dtype)
+    X = rng.standard_normal((n, cols)).astype(dtype)
+    W0 = rng.standard_normal((rows, cols)).astype(dtype)
+    want_g = D.T.astype(np.float64) @ X.astype(np.float64)
+    for d in (D, np.asfortranarray(D)):
+        W = W0.copy()
+        matmul_acc(d.T, X, W, dtype(-0.3))
+        want = W0.astype(np.float64) - 0.3 * want_g
+        np.testing.assert_allclose(W, want, rtol=tol, atol=tol * np.abs(want).max())
+    work = np.empty((2, n * n + 5), dtype)
+    got = gram_sq(D, X, work)
+    assert got == pytest.approx(float(np.sum(want_g**2)), rel=10 * tol)
+    assert gram_sq(D[:1] * 0, X[:1], work) == 0.0
+    assert abs_bound(W0) >= np.abs(W0).max()
+    huge = W0.copy()
+    huge[2, 3] = np.finfo(dtype).max / 2  # finite, but its square overflows
+    assert abs_bound(huge) == pytest.approx(float(np.finfo(dtype).max / 2), rel=1e-6)
+    for bad in (np.nan, np.inf, -np.inf):
+        W = W0.copy()
+        W[4, 5] = bad
+        assert abs_bound(W) == np.inf

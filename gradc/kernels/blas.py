@@ -199,12 +199,14 @@ def gram_sq(a, b, work):
     b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, two n×n Gram matrices in ``work`` (2 × ≥ n²).
     n²·(r + c) multiply-adds instead of reading r·c entries; exact but for
     rounding, summed in float64 (never below 0: the sum of a positive
-    semidefinite Hadamard product, whatever rounding says)."""
+    semidefinite Hadamard product, whatever rounding says). By ``np.dot``, not
+    ``matmul``: a function cached on disk must not call whichever of two
+    functions ``matmul`` is bound to in the process that compiled it."""
     n = a.shape[0]
     ga = work[0, : n * n].reshape(n, n)
     gb = work[1, : n * n].reshape(n, n)
-    matmul(a, a.T, ga)
-    matmul(b, b.T, gb)
+    np.dot(a, a.T, ga)
+    np.dot(b, b.T, gb)
     s = 0.0
     for i in range(n):
         for j in range(n):

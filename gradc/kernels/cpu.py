@@ -857,8 +857,8 @@ def _transposed(operand: str) -> str:
 # (an external function it calls by name) is never loaded with the other
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row, matmul,"
-    " matmul_acc, max_abs, shuffle_epoch, sum_squares, sum_squares_into, vexp"
+    "abs_bound, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
+    " matmul, matmul_acc, shuffle_epoch, sum_squares, sum_squares_into, vexp"
     f"  # matmul: {BLAS}"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the

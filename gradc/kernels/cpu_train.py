@@ -169,15 +169,18 @@ class TrainPrinter:
             out(f"bad += step_each({', '.join(tuples)}, {knobs})")
 
     def _bound_check(self, out: _Lines, k: int, rate: str) -> None:
-        """A folded update reads no new value back: the running bound ``bound<k>``
-        on max |W| (each step moves it by at most η·scale·‖g‖) shows them finite,
-        and the entries are looked at only when it grows past a quarter of the
-        largest float (first at the first step: it starts at inf)."""
+        """A folded update reads no new value back: instead a running bound on
+        max |W| (``bound<k>``; each step moves W by at most η·scale·‖g‖) shows every
+        entry finite. W is looked at (one pass, ``abs_bound``) only at a folded step
+        where the bound has grown past a quarter of the largest float: first at
+        the call's first folded step (the bound starts at inf), never in a call
+        that folds no step (other steps check their new values themselves)."""
         limit = float(np.finfo(np.float32 if self.float32 else np.float64).max) / 4
         out(f"bound{k} += {rate} * scale * math.sqrt(gnorms[step - start, {k}])")
-        out(f"if bound{k} > {limit!r}:  # no longer shows every entry finite: look")
+        fold = f"{FOLD_MIN_BATCH} <= n <= {self._folded[k]}"
+        out(f"if {fold} and bound{k} > {limit!r}:  # no longer shows W finite: look")
         with out.indent():
-            out(f"bound{k} = max_abs(p{k})  # inf if an entry is inf or NaN")
+            out(f"bound{k} = abs_bound(p{k})  # inf if an entry is inf or NaN")
             out(f"if bound{k} == math.inf:")
             with out.indent():
                 out("bad += 1")

@@ -14,6 +14,7 @@ from numba.extending import intrinsic
 from .blas import gram_sq, matmul, matmul_acc
 
 __all__ = [
+    "abs_bound",
     "gram_sq",
     "matmul",
     "matmul_acc",
@@ -161,6 +162,17 @@ def max_abs(a):
             elif v != v:  # NaN: no comparison is true
                 return math.inf
     return m
+
+
+@numba.njit(**_LIGHT)
+def abs_bound(a):
+    """A bound on max |a| over a 2-d array: its norm √Σa² (the faster pass), or
+    max |a| itself when the sum of squares overflows; inf exactly when an entry is
+    inf or NaN."""
+    sq = sum_squares(a)
+    if sq < math.inf:
+        return math.sqrt(sq)
+    return max_abs(a)
 
 
 @numba.njit(**_LIGHT)

@@ -140,12 +140,10 @@ class TrainPrinter:
                 rate = self.scalar.doprint_expr(form.descent_rate)
                 if not rate.isidentifier():
                     rate = f"({rate})"
-                rows = f"{self._rows(a)}.T, {self._rows(b)}"
+                rows, label = f"{self._rows(a)}.T, {self._rows(b)}", comment_text(p.label)
                 out(f"elif {FOLD_MIN_BATCH} <= n <= {self._folded[k]}:")
                 with out.indent():
-                    out(
-                        f"# {comment_text(p.label)} ← {comment_text(p.label)} − η·scale·Σₙ δₙxₙᵀ: the product adds into it"
-                    )
+                    out(f"# {label} ← {label} − η·scale·Σₙ δₙxₙᵀ: the product adds into it")
                     out(f"matmul_acc({rows}, p{k}, -{rate} * scale)")
             out("else:")
             with out.indent():
@@ -322,11 +320,14 @@ class TrainPrinter:
                 fused[k] = tuple(gn.args)
         return fused
 
-    def folded_gradients(self, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]):
-        """Parameters of ``fused`` whose update is folded into their gradient product
-        (see FOLD_GRAM_RATIO; FOLD_MIN_ENTRIES at least), mapped to the largest batch folded: only for plain
-        gradient descent, and only when ``matmul_acc`` adds in place (CBLAS). A fused
-        gradient always has its BLAS branch from FOLD_MIN_BATCH on."""
+    def folded_gradients(
+        self, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]
+    ) -> dict[int, int]:
+        """Parameters of ``fused`` (of FOLD_MIN_ENTRIES entries at least) whose update
+        is folded into their gradient product, mapped to the largest batch folded
+        (see FOLD_GRAM_RATIO): only for plain gradient descent, and only when
+        ``matmul_acc`` adds in place (CBLAS). A fused gradient always has its BLAS
+        branch from FOLD_MIN_BATCH on."""
         if not FOLDS or UpdateForm.of(rule).descent_rate is None:
             return {}
         folded = {}

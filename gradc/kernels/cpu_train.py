@@ -65,7 +65,9 @@ STACK_MAX_ENTRIES = 2048
 # whole training steps, folded against not (median µs, one process): 64-32-10
 # (32×64 weight) float64 batch 16: 16.5 against 14.7; 128-64-10 (8,192 entries)
 # 28.8 against 29.7; 128-128-10 27.5 against 33.1; 784-256-10 float32 batch 32
-# 408 against 474; 512-512-512-10 float64 batch 32 3,104 against 3,686.
+# 408 against 474; 512-512-512-10 float64 batch 32 3,104 against 3,686. At the
+# window's edge for 784×256 (batch 48) float32 662 against 723, float64 1,247
+# against 1,254; past it (batch 64, ratio 21) float32 994 against 947.
 FOLD_MIN_BATCH = 8
 FOLD_GRAM_RATIO = 12.0
 FOLD_MIN_ENTRIES = 8192

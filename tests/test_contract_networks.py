@@ -561,6 +561,19 @@ def test_sgd_folded_into_the_weight_gradient_product(dtype, monkeypatch):
     else:
         for k in want:
             assert np.abs(params[k] - want[k]).max() <= 1e-5, k
+    # shuffled (the folded product reads the gathered batch), two epochs, no clip
+    params = prog.init(values)
+    prog.fit(params, X, Y, optimizer=gc.SGD(lr), epochs=2, batch_size=bs, seed=3)
+    want = start
+    for epoch in range(2):
+        perm = np.arange(21)
+        shuffle_rows(perm, 21, np.uint64((3 * 1_000_003 + epoch) % 2**63))
+        for s in range(0, 21, bs):
+            rows = perm[s : s + bs]
+            _, g = mlp_grad_dict(want, names, acts, X64[rows], Y64[rows], "mse")
+            want = {k: want[k] - lr * g[k] for k in want}
+    for k in want:
+        assert np.abs(params[k] - want[k]).max() <= (1e-12 if dtype == "float64" else 1e-5), k
 
 
 def test_blas_kernels_in_float32_against_the_delta_recursion():

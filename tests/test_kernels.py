@@ -293,3 +293,24 @@ def test_folded_update_helpers_against_numpy(dtype):
         W = W0.copy()
         W[4, 5] = bad
         assert abs_bound(W) == np.inf
+
+
+@pytest.mark.parametrize("b", [[5.0, 5.0, -1.0], [800.0, 0.0, -800.0], [-3.0, 2.0, 2.0]])
+def test_log_sum_exp_of_one_sample_with_ties_and_wide_spreads(b):
+    """Softmax cross-entropy at batch 1 takes the log-sum-exp per sample with libm's
+    exp and skips the largest entry's exp(0) = 1: tied largest logits, a spread
+    of 1,600 (no overflow: the max is subtracted first) and a tie after the
+    first entry, against the closed form log Σ exp(z) − z_y and δ = softmax − y."""
+    net = gc.Sequential(gc.Dense(2, 3, gc.identity))
+    prog = gc.compile(net, loss=gc.softmax_cross_entropy)
+    assert "top" in prog.source["forward"]  # the skipped call under test
+    params = {"W1": np.array([[0.5, -1.0], [0.25, 0.0], [-0.5, 2.0]]), "b1": np.array(b)[:, None]}
+    x, y = np.array([[0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]])
+    loss, grads = prog.value_and_grad(params, x, y)
+    z = np.array(b)  # x = 0: the logits are the biases
+    m = z.max()
+    want = m + np.log(np.sum(np.exp(z - m))) - z[1]
+    soft = np.exp(z - m) / np.sum(np.exp(z - m))
+    assert float(loss) == pytest.approx(want, rel=1e-15, abs=1e-15)
+    np.testing.assert_allclose(grads["b1"][:, 0], soft - y[0], rtol=1e-15, atol=1e-300)
+    np.testing.assert_array_equal(grads["W1"], np.zeros((3, 2)))

@@ -839,7 +839,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
 
 # names of statement-local variables in generated code (renamed per statement)
 _LOCAL = re.compile(
-    r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
+    r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|top|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
 
 

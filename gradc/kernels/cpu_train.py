@@ -111,6 +111,9 @@ class TrainPrinter:
         out("bad = 0  # new values that are not finite")
         fused = fused or {}
         nstates = len(form.states)
+        if self._folded:  # η of plain gradient descent, printed
+            rate = self.scalar.doprint_expr(form.descent_rate)
+            rate = rate if rate.isidentifier() else f"({rate})"
         for k, p in enumerate(params):
             if k not in fused:
                 continue
@@ -139,9 +142,6 @@ class TrainPrinter:
                     with out.indent():
                         out(sweep)
             if k in self._folded:
-                rate = self.scalar.doprint_expr(form.descent_rate)
-                if not rate.isidentifier():
-                    rate = f"({rate})"
                 rows, label = f"{self._rows(a)}.T, {self._rows(b)}", comment_text(p.label)
                 out(f"elif {self._fold_test(k)}:")
                 with out.indent():

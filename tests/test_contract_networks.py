@@ -797,3 +797,17 @@ def test_one_kernel_call_per_fit_matches_per_epoch_and_per_step_calls(batch_size
         np.testing.assert_allclose(hist.loss, losses, rtol=1e-12, err_msg=how)
         assert_dicts_close(params, want, rtol=1e-11, atol=1e-14, what=how)
     assert len(runs["record_path"][1].path) == steps + 1
+
+
+def test_check_grad_float32_measures_the_gradient(data_342):
+    """A float32 program: the differenced loss is a float64 twin's, so a right
+    float32 gradient checks to float32 accuracy and a gradient 1 % off reads 1 %
+    (with float32 losses, rounding over eps = 1e-6 alone gave errors near 1)."""
+    X, Y = data_342
+    net = gc.Sequential(gc.Dense(3, 4, gc.sigmoid), gc.Dense(4, 2, gc.sigmoid))
+    prog = gc.compile(net, loss=gc.mse, dtype="float32")
+    params = prog.init(seed=3)
+    assert gc.check_grad(prog, params, X, Y) < 1e-4
+    right = prog.grad
+    prog.grad = lambda p, X=None, Y=None: {k: 1.01 * g for k, g in right(p, X, Y).items()}
+    assert gc.check_grad(prog, params, X, Y) == pytest.approx(0.01 / 1.01, rel=1e-2)

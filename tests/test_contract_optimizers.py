@@ -276,3 +276,25 @@ def test_batch_of_one_fused_update(data, monkeypatch, name, batch_size, clip_nor
     _, g = mlp_grad_dict(start, NAMES, ACTS, X[:batch_size], Y[:batch_size], "mse")
     for k in start:
         assert hist.grad_norms[k][0] == pytest.approx(np.linalg.norm(g[k]), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda: gc.SGD(-0.1), "lr"),
+        (lambda: gc.SGD(float("nan")), "lr"),
+        (lambda: gc.Momentum(0.1, beta=1.0), "beta"),
+        (lambda: gc.Adam(beta1=-0.1), "beta1"),
+        (lambda: gc.Adam(beta2=1.5), "beta2"),
+        (lambda: gc.Adam(eps=-1e-8), "eps"),
+        (lambda: gc.Adam(lr=float("inf")), "lr"),
+    ],
+)
+def test_hyperparameter_out_of_range_is_refused(make, named):
+    with pytest.raises(gc.GradcError, match=rf"\b{named} must be"):
+        make()
+
+
+def test_hyperparameter_edges_are_accepted():
+    assert gc.SGD(0.0).values["lr"] == 0.0
+    assert gc.Momentum(0.1, beta=0.0).values["beta"] == 0.0

@@ -11,6 +11,7 @@ run-time arguments, so changing the learning rate recompiles nothing.
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -60,6 +61,11 @@ _KEYS: dict[type, tuple] = {}
 class Optimizer:
     """Base class of update rules; subclass it to write your own.
 
+    Every hyperparameter must be a finite number; ``ranges`` narrows some of them
+    to lo ≤ value < hi (``lr`` ≥ 0 for all; a subclass adds its own, e.g.
+    ``ranges = {**gc.Optimizer.ranges, "rho": (0.0, 1.0)}``), and a value outside
+    raises ``GradcError`` when the optimizer is made.
+
     >>> import sympy as sp, gradc as gc
     >>> class RMSProp(gc.Optimizer):
     ...     hyper = {"lr": 0.01, "rho": 0.9, "eps": 1e-8}
@@ -73,6 +79,8 @@ class Optimizer:
 
     hyper: ClassVar[dict[str, float]] = {"lr": 0.01}
     state: ClassVar[tuple[str, ...]] = ()
+    # lo ≤ value < hi for the named hyperparameters (others: any finite number)
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {"lr": (0.0, math.inf)}
 
     def __init__(self, *args, **kwargs):
         names = list(self.hyper)
@@ -94,6 +102,10 @@ class Optimizer:
                 raise GradcError(
                     f"{type(self).__name__}: {k} must be a number, got {v!r}"
                 ) from None
+            lo, hi = self.ranges.get(k, (-math.inf, math.inf))
+            if not (math.isfinite(values[k]) and lo <= values[k] < hi):
+                where = f"in [{lo:g}, {hi:g})" if k in self.ranges else "finite"
+                raise GradcError(f"{type(self).__name__}: {k} must be {where}, got {v!r}")
         self.values = values
         self._rule: UpdateRule | None = None
 
@@ -151,6 +163,7 @@ class Momentum(Optimizer):
     """
 
     hyper: ClassVar[dict[str, float]] = {"lr": 0.01, "beta": 0.9}
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {**Optimizer.ranges, "beta": (0.0, 1.0)}
     state = ("v",)
 
     def rule(self, theta, g, s, h, t):
@@ -167,6 +180,12 @@ class Adam(Optimizer):
     """
 
     hyper: ClassVar[dict[str, float]] = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        **Optimizer.ranges,
+        "beta1": (0.0, 1.0),
+        "beta2": (0.0, 1.0),
+        "eps": (0.0, math.inf),
+    }
     state = ("m", "v")
 
     def rule(self, theta, g, s, h, t):

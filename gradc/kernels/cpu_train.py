@@ -474,18 +474,25 @@ class TrainPrinter:
             out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
             out('became non-finite at that step (no update was kept for 1 and 2)."""')
             out("nbatches = (nrows + bs - 1) // bs")
+            out("inv_bs = F(1.0) / F(bs)")
+            # counted, not step % nbatches: an integer division is ~15 ns, a
+            # tenth of a 3-4-2 step at batch 1
+            out("batch_no = start % nbatches - 1")
             for line in before:
                 out(line)
             loop_at = len(out.lines)
             out("for step in range(start, stop):")
             with out.indent():
-                out("batch_no = step % nbatches")
+                out("batch_no += 1")
+                out("if batch_no == nbatches:")
+                with out.indent():
+                    out("batch_no = 0")
                 out("if shuffle and batch_no == 0:  # a new epoch")
                 with out.indent():
                     out("shuffle_epoch(perm, nrows, seed, step // nbatches)")
                 out("lo = batch_no * bs")
                 out("n = min(bs, nrows - lo)")
-                out("inv_n = F(1.0) / F(n)")
+                out("inv_n = inv_bs if n == bs else F(1.0) / F(n)")
                 yield loop_at
             out("return 0, stop")
 

@@ -282,8 +282,16 @@ def test_folded_update_helpers_against_numpy(dtype):
         want = W0.astype(np.float64) - 0.3 * want_g
         np.testing.assert_allclose(W, want, rtol=tol, atol=tol * np.abs(want).max())
     work = np.empty((2, n * n + 5), dtype)
-    got = gram_sq(D, X, work)
-    assert got == pytest.approx(float(np.sum(want_g**2)), rel=10 * tol)
+    want_sq = float(np.sum(want_g**2))
+    # contiguous rows (syrk's upper triangles), rows with a gap between them, and
+    # rows that are not contiguous at all (np.dot's full Gram matrices)
+    wide = np.zeros((n, rows + 3), dtype)
+    wide[:, :rows] = D
+    for d in (D, wide[:, :rows], np.asfortranarray(D)):
+        work[...] = np.nan  # nothing below the diagonal may be read
+        assert gram_sq(d, X, work) == pytest.approx(want_sq, rel=10 * tol)
+    one = float(np.sum((D[:1].T.astype(np.float64) @ X[:1].astype(np.float64)) ** 2))
+    assert gram_sq(D[:1], X[:1], work) == pytest.approx(one, rel=10 * tol)
     assert gram_sq(D[:1] * 0, X[:1], work) == 0.0
     assert abs_bound(W0) >= np.abs(W0).max()
     huge = W0.copy()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -41,12 +42,21 @@ from numba.extending import intrinsic
 __all__ = ["BLAS", "FOLDS", "gram_sq", "matmul", "matmul_acc"]
 
 # CBLAS enum values (cblas.h)
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_ROW_MAJOR, _NO_TRANS, _TRANS, _UPPER = 101, 111, 112, 121
+_FLOATS = {"float32": "s", "float64": "d"}  # CBLAS's prefix letter
 
 
-def _find_cblas() -> tuple[str, str, int] | None:
-    """(sgemm name, dgemm name, integer bits) of NumPy's bundled OpenBLAS, loaded
-    so that LLVM resolves those names; None if there is none to use."""
+class _Cblas(NamedTuple):
+    """The CBLAS functions found, by float type, and their integer width."""
+
+    gemm: dict[str, str]  # "float32"/"float64" → ?gemm's name
+    syrk: dict[str, str]  # "float32"/"float64" → ?syrk's name
+    bits: int
+
+
+def _find_cblas() -> _Cblas | None:
+    """The gemm and syrk functions of NumPy's bundled OpenBLAS, loaded so that LLVM
+    resolves their names; None if there is none to use."""
     if os.environ.get("GRADC_BLAS", "").lower() == "numba":
         return None
     libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
@@ -57,76 +67,90 @@ def _find_cblas() -> tuple[str, str, int] | None:
             continue
         # scipy-openblas64 (NumPy ≥ 2 wheels): prefixed names, 64-bit integers
         for prefix, suffix, bits in (("scipy_", "64_", 64), ("", "64_", 64), ("scipy_", "", 32)):
-            sgemm, dgemm = f"{prefix}cblas_sgemm{suffix}", f"{prefix}cblas_dgemm{suffix}"
-            if hasattr(lib, sgemm) and hasattr(lib, dgemm):
+            names = {
+                op: {dt: f"{prefix}cblas_{letter}{op}{suffix}" for dt, letter in _FLOATS.items()}
+                for op in ("gemm", "syrk")
+            }
+            if all(hasattr(lib, name) for op in names.values() for name in op.values()):
                 binding.load_library_permanently(path)
-                return sgemm, dgemm, bits
+                return _Cblas(names["gemm"], names["syrk"], bits)
     return None
 
 
 _CBLAS = _find_cblas()
-BLAS = f"NumPy's OpenBLAS ({_CBLAS[0]}, {_CBLAS[1]})" if _CBLAS else "Numba np.dot"
+BLAS = (
+    f"NumPy's OpenBLAS ({', '.join([*_CBLAS.gemm.values(), *_CBLAS.syrk.values()])})"
+    if _CBLAS
+    else "Numba np.dot"
+)
 # whether ``matmul_acc`` adds into its output in place (gemm's β = 1), so that a
 # kernel gains by folding an update into a product
 FOLDS = _CBLAS is not None
+
+
+def _cblas_operands(dtype, *arrays) -> bool:
+    """Whether these are 2-d arrays of one float type CBLAS takes (else the
+    intrinsic declines and Numba reports a typing error)."""
+    return (
+        _CBLAS is not None
+        and dtype in (types.float32, types.float64)
+        and all(isinstance(x, types.Array) and x.ndim == 2 and x.dtype == dtype for x in arrays)
+    )
+
+
+def _cblas_codegen(name: str, dtype, kinds: str):
+    """The codegen of a call to the CBLAS function ``name`` whose arguments are,
+    after the row-major order flag, of the ``kinds``: ``e`` an enum, ``i`` an
+    integer, ``f`` a float scalar (arriving as float64), ``a`` an array (its data
+    pointer is passed)."""
+    bits = _CBLAS.bits
+
+    def codegen(context, builder, signature, args):
+        flt = context.get_value_type(dtype)
+        i32, iN = ir.IntType(32), ir.IntType(bits)
+        lowered = {
+            "e": (i32, lambda v, ty: builder.trunc(v, i32)),
+            "i": (iN, lambda v, ty: builder.trunc(v, iN) if bits == 32 else v),
+            "f": (
+                flt,
+                lambda v, ty: builder.fptrunc(v, flt) if dtype == types.float32 else v,
+            ),
+            "a": (
+                flt.as_pointer(),
+                lambda v, ty: context.make_array(ty)(context, builder, v).data,
+            ),
+        }
+        fnty = ir.FunctionType(ir.VoidType(), [i32] + [lowered[k][0] for k in kinds])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        values = [lowered[k][1](v, ty) for k, v, ty in zip(kinds, args, signature.args)]
+        builder.call(fn, [ir.Constant(i32, _ROW_MAJOR), *values])
+        return context.get_dummy_value()
+
+    return codegen
 
 
 @intrinsic
 def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """c ← alpha·op(a)·op(b) + beta·c by CBLAS ?gemm (row-major); ``ta``/``tb`` are
     the CBLAS transpose flags, a, b, c arrays whose data pointers are passed."""
-    operands = (a, b, c)
-    if _CBLAS is None or not all(isinstance(x, types.Array) and x.ndim == 2 for x in operands):
-        return None
-    if c.dtype not in (types.float32, types.float64) or a.dtype != c.dtype or b.dtype != c.dtype:
+    if not _cblas_operands(getattr(c, "dtype", None), a, b, c):
         return None  # gemm reads and writes one float type
-    dtype = c.dtype
-    name = _CBLAS[0] if dtype == types.float32 else _CBLAS[1]
-    bits = _CBLAS[2]
-
-    def codegen(context, builder, signature, args):
-        flt = context.get_value_type(dtype)
-        ptr = flt.as_pointer()
-        i32, iN = ir.IntType(32), ir.IntType(bits)
-        fnty = ir.FunctionType(
-            ir.VoidType(), [i32, i32, i32, iN, iN, iN, flt, ptr, iN, ptr, iN, flt, ptr, iN]
-        )
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        ta_, tb_, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
-
-        def data(value, ty):
-            return context.make_array(ty)(context, builder, value).data
-
-        def size(value):
-            return builder.trunc(value, iN) if bits == 32 else value
-
-        def scalar(value):  # alpha and beta arrive as float64
-            return builder.fptrunc(value, flt) if dtype == types.float32 else value
-
-        builder.call(
-            fn,
-            [
-                ir.Constant(i32, _ROW_MAJOR),
-                builder.trunc(ta_, i32),
-                builder.trunc(tb_, i32),
-                size(m_),
-                size(n_),
-                size(k_),
-                scalar(alpha_),
-                data(a_, a),
-                size(lda_),
-                data(b_, b),
-                size(ldb_),
-                scalar(beta_),
-                data(c_, c),
-                size(ldc_),
-            ],
-        )
-        return context.get_dummy_value()
-
+    name = _CBLAS.gemm[str(c.dtype)]
     intp, f64 = types.intp, types.float64
     sig = types.void(intp, intp, intp, intp, intp, f64, a, intp, b, intp, f64, c, intp)
-    return sig, codegen
+    return sig, _cblas_codegen(name, c.dtype, "eeiiifaiaifai")
+
+
+@intrinsic
+def _syrk(typingctx, uplo, trans, n, k, alpha, a, lda, beta, c, ldc):
+    """One triangle (``uplo``) of c ← alpha·op(a)·op(a)ᵀ + beta·c by CBLAS ?syrk
+    (row-major): half a gemm's multiply-adds for a Gram matrix."""
+    if not _cblas_operands(getattr(c, "dtype", None), a, c):
+        return None
+    name = _CBLAS.syrk[str(c.dtype)]
+    intp, f64 = types.intp, types.float64
+    sig = types.void(intp, intp, intp, intp, f64, a, intp, f64, c, intp)
+    return sig, _cblas_codegen(name, c.dtype, "eeiifaifai")
 
 
 @numba.njit(cache=True)
@@ -197,14 +221,35 @@ def _matmul_acc_dot(a, b, out, alpha):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def gram_sq(a, b, work):
+def _gram_sq_cblas(a, b, work):
     """‖aᵀ·b‖² (squared Frobenius norm) without forming aᵀ·b: for a (n×r) and
-    b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, two n×n Gram matrices in ``work`` (2 × ≥ n²).
-    n²·(r + c) multiply-adds instead of reading r·c entries; exact but for
-    rounding, summed in float64 (never below 0: the sum of a positive
-    semidefinite Hadamard product, whatever rounding says). By ``np.dot``, not
-    ``matmul``: a function cached on disk must not call whichever of two
-    functions ``matmul`` is bound to in the process that compiled it."""
+    b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, from the upper triangles of the two n×n Gram
+    matrices, made by CBLAS syrk in ``work`` (2 × ≥ n²). n²·(r + c)/2
+    multiply-adds instead of reading r·c entries; exact but for rounding, summed
+    in float64 (never below 0: the sum of a positive semidefinite Hadamard
+    product, whatever rounding says). np.dot's two gemms for layouts syrk cannot
+    take (rows not contiguous)."""
+    n = a.shape[0]
+    ta, lda = _operand(a, a.itemsize)
+    tb, ldb = _operand(b, b.itemsize)
+    if ta != _NO_TRANS or tb != _NO_TRANS:
+        return _gram_sq_dot(a, b, work)
+    ga = work[0, : n * n].reshape(n, n)
+    gb = work[1, : n * n].reshape(n, n)
+    _syrk(_UPPER, _NO_TRANS, n, a.shape[1], 1.0, a, lda, 0.0, ga, n)
+    _syrk(_UPPER, _NO_TRANS, n, b.shape[1], 1.0, b, ldb, 0.0, gb, n)
+    diag = 0.0
+    off = 0.0  # each entry above the diagonal stands for two
+    for i in range(n):
+        diag += float(ga[i, i]) * float(gb[i, i])
+        for j in range(i + 1, n):
+            off += float(ga[i, j]) * float(gb[i, j])
+    return max(diag + 2.0 * off, 0.0)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gram_sq_dot(a, b, work):
+    """``gram_sq`` by np.dot: both n×n Gram matrices in full."""
     n = a.shape[0]
     ga = work[0, : n * n].reshape(n, n)
     gb = work[1, : n * n].reshape(n, n)
@@ -215,6 +260,13 @@ def gram_sq(a, b, work):
         for j in range(n):
             s += float(ga[i, j]) * float(gb[i, j])
     return max(s, 0.0)
+
+
+# ‖aᵀ·b‖² for a (n×r), b (n×c), work (2 × ≥ n²). Two functions, one bound here,
+# like matmul: a function cached on disk must not call whichever function a
+# global names in the process that compiled it (a CBLAS call cached by one
+# process would crash another that never loaded the library).
+gram_sq = _gram_sq_cblas if _CBLAS else _gram_sq_dot
 
 
 # out += alpha · a · b (2-d arrays, out C-contiguous)

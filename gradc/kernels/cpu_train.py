@@ -56,20 +56,24 @@ STACK_MAX_ENTRIES = 2048
 # Plain gradient descent folded into a weight's gradient product (CBLAS gemm
 # with β = 1 adds −η·scale·Σₙ δₙxₙᵀ into W): no gradient written, no pass for its
 # norm, no update pass. The norm comes from Gram matrices instead (runtime.gram_sq),
-# n²·(rows + cols) multiply-adds, so the fold pays for small batches only: from
-# FOLD_MIN_BATCH (where the product goes to BLAS) while n²·(1/rows + 1/cols) ≤
-# FOLD_GRAM_RATIO. Measured on a 784×256 weight (gemm + norm + update against Gram +
-# folded gemm, µs): float32 n = 8: 192 → 56, 32: 293 → 188, 64: 431 → 396,
+# n²·(rows + cols)/2 multiply-adds (syrk: upper triangles), so the fold pays for
+# small batches only: from FOLD_MIN_BATCH (where the product goes to BLAS) while
+# n²·(1/rows + 1/cols) ≤ FOLD_GRAM_RATIO. Measured first with full Gram matrices
+# by gemm (ratio 12 then) on a 784×256 weight (gemm + norm + update against Gram
+# + folded gemm, µs): float32 n = 8: 192 → 56, 32: 293 → 188, 64: 431 → 396,
 # 128: 760 → 996; float64 n = 32: 436 → 369, 64: 733 → 803. Small weights sit
 # in cache, where the passes cost little and three gemm calls more than one:
 # whole training steps, folded against not (median µs, one process): 64-32-10
 # (32×64 weight) float64 batch 16: 16.5 against 14.7; 128-64-10 (8,192 entries)
 # 28.8 against 29.7; 128-128-10 27.5 against 33.1; 784-256-10 float32 batch 32
-# 408 against 474; 512-512-512-10 float64 batch 32 3,104 against 3,686. At the
-# window's edge for 784×256 (batch 48) float32 662 against 723, float64 1,247
-# against 1,254; past it (batch 64, ratio 21) float32 994 against 947.
+# 408 against 474; 512-512-512-10 float64 batch 32 3,104 against 3,686. syrk
+# halved the Gram matrices' cost (784-256-10 float32 batch 32, best step: 417 →
+# 393 µs) and the ratio doubled to 24: at batch 64 (784×256, ratio 21) float32
+# 746 against 777 unfolded, float64 1,509 against 1,505; 512-512-512-10 float64
+# 5,277 against 5,331; at batch 96 (ratio 47) even in float32, float64 2,190
+# against 2,131.
 FOLD_MIN_BATCH = 8
-FOLD_GRAM_RATIO = 12.0
+FOLD_GRAM_RATIO = 24.0
 FOLD_MIN_ENTRIES = 8192
 
 

@@ -204,7 +204,11 @@ def prepare_case(case: pc.Case, folder: Path) -> Path:
 # one (256×784)·(784×256) float64 product over both cores of this machine with
 # the XLA_FLAGS above (1.57 ms; 2.31 ms pinned to one core, where OpenBLAS takes
 # 2.45), so unpinned, JAX's BLAS-bound steps ran on two cores and the others on one.
-PIN_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
+# The last CPU: on this machine the kernel's memory monitor (kdamond) and the
+# sandbox's own process run on CPU 0, where the same process's median moved far
+# more (784-256-10 float32 batch 32, gradc fit, minutes apart: CPU 0 464 and
+# 652 µs per step, CPU 1 436 and 455).
+PIN_CPU = max(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
 
 
 def _pin_to_one_cpu() -> None:  # in the child, before it starts Python
@@ -717,7 +721,8 @@ def render(data: dict) -> str:
         "`torch.set_num_threads(1)` in the PyTorch processes"
         + (
             f", and every process pinned to CPU {data['pinned_cpu']} (`sched_setaffinity`: "
-            "without it XLA split a 784-wide product over both cores despite its flags)"
+            "without it XLA split a 784-wide product over both cores despite its flags; "
+            "the last CPU, since CPU 0 also runs the kernel's memory monitor here)"
             if data.get("pinned_cpu") is not None
             else " (processes not pinned to a CPU: runs before 2026-11-24 let XLA use both cores)"
         )

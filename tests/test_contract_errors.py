@@ -248,6 +248,60 @@ def test_large_data_checked_entrywise(linreg, bad):
         assert float(params["w"]) == 0.0
 
 
+@pytest.fixture(scope="module")
+def prog_rows():
+    """64-32-10: fit runs the row kernel, which checks large batches itself."""
+    net = gc.Sequential(gc.Dense(64, 32, gc.sigmoid), gc.Dense(32, 10, gc.sigmoid))
+    return gc.compile(net, loss=gc.mse)
+
+
+@pytest.mark.parametrize("leaf, shuffle", [("x", False), ("x", True), ("y", True)])
+def test_nonfinite_data_found_in_the_kernel_undoes_the_call(prog_rows, monkeypatch, leaf, shuffle):
+    """With batches of ≥ DATA_CHECK_MIN_ENTRIES entries the kernel checks each batch
+    of its first epoch as it reaches it: a NaN in the last batch (the other
+    batches already updated the weights) is refused naming the leaf and row, the
+    parameters are bitwise what they were, and the optimizer's state is as if
+    the call had not happened (the next fit matches a fresh optimizer's)."""
+    import gradc.program.program as program
+
+    passes = []
+    real = program.first_nonfinite
+    monkeypatch.setattr(program, "first_nonfinite", lambda a: passes.append(1) or real(a))
+    rng = np.random.default_rng(5)
+    X, Y = rng.random((512, 64)), rng.random((512, 10))
+    params = prog_rows.init(seed=1)
+    before = copy_params(params)
+    adam = gc.Adam(lr=0.01)
+    prog_rows.fit(params, X, Y, optimizer=adam, batch_size=128, shuffle=shuffle)
+    assert passes == []  # no pass over the data before the call: the kernel checked
+    after_one = copy_params(params)
+    bad_X, bad_Y = X.copy(), Y.copy()
+    (bad_X if leaf == "x" else bad_Y)[509, 3] = np.nan
+    role = "input" if leaf == "x" else "target"
+    with pytest.raises(gc.GradcError, match=rf"{role} '{leaf}' contains NaN or inf.*row 509"):
+        prog_rows.fit(params, bad_X, bad_Y, optimizer=adam, batch_size=128, shuffle=shuffle)
+    assert_dicts_close(params, after_one, rtol=0, atol=0)
+    prog_rows.fit(params, X, Y, optimizer=adam, batch_size=128, shuffle=shuffle)
+    fresh = copy_params(before)
+    twice = gc.Adam(lr=0.01)
+    for _ in range(2):
+        prog_rows.fit(fresh, X, Y, optimizer=twice, batch_size=128, shuffle=shuffle)
+    assert_dicts_close(params, fresh, rtol=0, atol=0)
+
+
+def test_float32_overflow_found_in_the_kernel_is_named():
+    net = gc.Sequential(gc.Dense(64, 32, gc.sigmoid), gc.Dense(32, 10, gc.sigmoid))
+    prog = gc.compile(net, loss=gc.mse, dtype="float32")
+    rng = np.random.default_rng(6)
+    X, Y = rng.random((256, 64)), rng.random((256, 10))
+    X[200, 5] = 1e39  # finite in float64, inf in float32
+    params = prog.init(seed=0)
+    before = copy_params(params)
+    with pytest.raises(gc.GradcError, match=r"input 'x' overflows float32.*row 200"):
+        prog.fit(params, X, Y, batch_size=128, epochs=2)
+    assert_dicts_close(params, before, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- divergence
 
 w1, w2 = sp.symbols("w1 w2")

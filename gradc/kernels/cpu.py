@@ -858,7 +858,7 @@ def _transposed(operand: str) -> str:
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
     "abs_bound, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
-    " matmul, matmul_acc, shuffle_epoch, sum_squares, sum_squares_into, vexp"
+    " matmul, matmul_acc, rows_finite, shuffle_epoch, sum_squares, sum_squares_into, vexp"
     f"  # matmul: {BLAS}"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the

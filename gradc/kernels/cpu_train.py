@@ -357,6 +357,7 @@ class TrainPrinter:
         rows = self.stack_rows(fused)
         buffers = [b for b in self.value_names() + self.delta_names() if b not in rows]
         args = self.train_args(rule, gather + buffers)
+        args.insert(args.index("clip") + 1, "check_upto")  # see _train_body
         self._ahead = self.product_ahead(fused)
         self._folded = self.folded_gradients(rule, fused)
         before = []
@@ -426,6 +427,15 @@ class TrainPrinter:
                 with out.indent():
                     for name, big in zip(data, full):
                         out(f"{name} = {big}[lo:lo + n]")
+                # fit's data check, batch by batch while a batch is about to be
+                # read anyway (steps below check_upto: the call's first epoch);
+                # status 4 makes fit undo the call's updates
+                out("if step < check_upto:")
+                with out.indent():
+                    test = " and ".join(f"rows_finite({name})" for name in data)
+                    out(f"if not ({test}):")
+                    with out.indent():
+                        out("return 4, step")
             grads = self.deriv.grads
             skip = frozenset(grads[k].id for k in fused)
             if self.one_sample_pass(skip):
@@ -476,7 +486,8 @@ class TrainPrinter:
             out("")
             out("Forward, backward and update are inlined so that LLVM sees one loop.")
             out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
-            out('became non-finite at that step (no update was kept for 1 and 2)."""')
+            out("became non-finite at that step (no update was kept for 1 and 2); 4 the")
+            out('step\'s batch holds NaN or inf (data checked in the kernel, before its use)."""')
             out("nbatches = (nrows + bs - 1) // bs")
             out("inv_bs = F(1.0) / F(bs)")
             # counted, not step % nbatches: an integer division is ~15 ns, a

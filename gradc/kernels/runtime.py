@@ -25,6 +25,7 @@ __all__ = [
     "gather_rows",
     "gather_columns",
     "local_row",
+    "rows_finite",
     "seed_base",
     "shuffle_epoch",
     "shuffle_rows",
@@ -181,6 +182,19 @@ def fill_zero(a):
     for r in range(a.shape[0]):
         for c in range(a.shape[1]):
             a[r, c] = 0
+
+
+@numba.njit(**_LIGHT, fastmath={"reassoc"})
+def rows_finite(a):
+    """Whether every entry of a 2-d array is finite: Σ (x − x) is 0, or NaN when an
+    entry is inf or NaN. Zeros add up to exactly 0 in any order, so ``reassoc``
+    (which lets LLVM vectorise the sum) changes nothing; no ``nnan``/``ninf``,
+    which would fold x − x to 0."""
+    acc = a.dtype.type(0.0)
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            acc += a[r, c] - a[r, c]
+    return acc == 0.0
 
 
 @numba.njit(**_LIGHT)

@@ -156,10 +156,13 @@ def _one(leaf: Leaf, value) -> np.ndarray:
     return arr
 
 
-def _checked(leaves: list[Leaf], arrays: list[np.ndarray], dtype) -> list[np.ndarray]:
+def _checked(
+    leaves: list[Leaf], arrays: list[np.ndarray], dtype, check: bool = True
+) -> list[np.ndarray]:
     """The arrays in ``dtype``, C-contiguous; GradcError naming the leaf and row of
-    the first NaN or inf, before or after the conversion (float32 overflow)."""
-    bad = first_nonfinite(arrays)
+    the first NaN or inf, before or after the conversion (float32 overflow),
+    unless not ``check`` (the caller checks later: ``fit``'s kernel)."""
+    bad = first_nonfinite(arrays) if check else -1
     if bad >= 0:
         leaf = leaves[bad]
         raise GradcError(
@@ -171,7 +174,7 @@ def _checked(leaves: list[Leaf], arrays: list[np.ndarray], dtype) -> list[np.nda
     with np.errstate(over="ignore"):
         out = [np.ascontiguousarray(arr, dtype=dtype) for arr in arrays]
     changed = [k for k, (a, b) in enumerate(zip(arrays, out)) if a.dtype != b.dtype]
-    bad = first_nonfinite([out[k] for k in changed]) if changed else -1
+    bad = first_nonfinite([out[k] for k in changed]) if changed and check else -1
     if bad >= 0:
         leaf, arr = leaves[changed[bad]], out[changed[bad]]
         raise GradcError(
@@ -181,8 +184,11 @@ def _checked(leaves: list[Leaf], arrays: list[np.ndarray], dtype) -> list[np.nda
     return out
 
 
-def data_arrays(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_targets=True):
-    """Per-leaf (n, entries) arrays, in the order inputs then targets, and n."""
+def data_arrays(
+    inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_targets=True, check=True
+):
+    """Per-leaf (n, entries) arrays, in the order inputs then targets, and n;
+    ``check``: GradcError for NaN or inf (else the caller's to find)."""
     xs = _split("input", X, inputs)
     if need_targets or Y is not None:
         ys = _split("target", Y, targets)
@@ -197,7 +203,7 @@ def data_arrays(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_ta
     if len(rows) > 1:
         sizes = ", ".join(f"{leaf.label}: {a.shape[0]}" for leaf, a in zip(leaves, arrays))
         raise GradcError(f"inputs and targets have different numbers of samples ({sizes})")
-    arrays = _checked(leaves, arrays, dtype)
+    arrays = _checked(leaves, arrays, dtype, check)
     n = rows.pop() if rows else 1
     if not (need_targets or Y is not None):
         arrays += [np.zeros((n, t.size), dtype=dtype) for t in targets]

@@ -53,7 +53,16 @@ class FitPlan:
 
 
 # the training kernel's arguments that change from one fit call (or chunk) to the next
-_FIT_SLOTS = frozenset({"hp", "clip", "seed", "start", "stop", "opt_step", "losses", "gnorms"})
+_FIT_SLOTS = frozenset(
+    {"hp", "clip", "seed", "start", "stop", "opt_step", "losses", "gnorms", "check_upto"}
+)
+# From this many data entries per batch the row kernel checks each batch for NaN
+# and inf as it reaches it (status 4 undoes the call), instead of a pass over the
+# whole data set before the call: the batch is then in cache for its product.
+# Below, the pass costs little and a check per step would cost a tiny step.
+# Measured: 784-256-10 float64 batch 256, 2,048 samples, the pass ~860 µs per
+# call of 8 steps (1.7 % of them).
+DATA_CHECK_MIN_ENTRIES = 4096
 
 
 @dataclass
@@ -242,9 +251,15 @@ class Program:
             return None
         return GradcError(f"parameter {self.graph.params[bad].label!r} contains NaN or inf")
 
-    def _data(self, X, Y, *, need_targets=True):
+    def _data(self, X, Y, *, need_targets=True, check=True):
         return data_arrays(
-            self.graph.inputs, self.graph.targets, X, Y, self.dtype, need_targets=need_targets
+            self.graph.inputs,
+            self.graph.targets,
+            X,
+            Y,
+            self.dtype,
+            need_targets=need_targets,
+            check=check,
         )
 
     def _namespace(self, n: int, params, data, ws) -> dict:
@@ -367,11 +382,15 @@ class Program:
         # finite): checked then, not before every call (for a 784×256 weight the
         # check costs more than a step)
         p = self._params(params, check=False)
+        # the data's NaN/inf check comes in _run_fit: before the kernel, or in it
         data, plan = self._fit_plan(X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm)
-        if plan.total_steps == 0 and (error := self._nonfinite_param(p)):
-            raise error
+
+        def refuse_data() -> None:  # the data check's GradcError, naming leaf and row
+            self._data(X, Y)
+            raise GradcError("the data contain NaN or inf")  # (the line above raises)
+
         try:
-            history = self._run_fit(opt, params, p, data, plan, progress, record_path)
+            history = self._run_fit(opt, params, p, data, plan, progress, record_path, refuse_data)
         except GradcError:
             # the parameters are back at their last finite values, or the caller's
             if error := self._nonfinite_param(p):
@@ -381,14 +400,31 @@ class Program:
             warn_if_unhealthy(history.health())
         return history
 
-    def _run_fit(self, opt, params, p, data, plan: FitPlan, progress, record_path) -> History:
-        """The steps of ``fit`` (after its checks), in the fused epoch kernel."""
+    def _run_fit(
+        self, opt, params, p, data, plan: FitPlan, progress, record_path, refuse_data
+    ) -> History:
+        """The steps of ``fit`` (after its argument checks), in the fused epoch kernel."""
         total_steps, has_data = plan.total_steps, plan.has_data
         bs, nbatches = plan.bs, plan.nbatches
         states = self._optimizer_state(opt, p)
         call = self._fit_call(opt, p, data, states, plan)
         args = list(call.args)
         slot = call.slots
+        # Data with NaN or inf is refused before any update: checked here, or by the
+        # row kernel batch by batch in its first epoch when the first call runs a
+        # whole epoch (every row) from a backup that undoes it (status 4).
+        in_kernel = (
+            "check_upto" in slot
+            and not record_path
+            and total_steps >= nbatches
+            and bs * sum(d.shape[1] for d in data) >= DATA_CHECK_MIN_ENTRIES
+        )
+        if not in_kernel and first_nonfinite(data) >= 0:
+            refuse_data()
+        if total_steps == 0 and (error := self._nonfinite_param(p)):
+            raise error
+        if "check_upto" in slot:
+            args[slot["check_upto"]] = nbatches if in_kernel else 0
         args[slot["hp"]] = np.array(
             [opt.values[k] for k in opt.update_rule.hyper_names], dtype=self.dtype
         )
@@ -424,6 +460,10 @@ class Program:
                 args[slot["losses"]] = losses[start:stop]
                 args[slot["gnorms"]] = sq_norms[start:stop]
                 status, at = self._timed_call(call.name, train, args)
+                if status == 4:  # a batch with NaN or inf: undo the call, refuse the data
+                    for dst, src in zip(saved, backup):
+                        np.copyto(dst, src)
+                    refuse_data()
                 ran = (at if status else stop) - start
                 if status == 3:  # undo the failed step: replay the good ones from the backup
                     for dst, src in zip(saved, backup):
@@ -526,10 +566,11 @@ class Program:
         return opt
 
     def _fit_plan(self, X, Y, epochs, steps, batch_size, shuffle, seed, clip_norm):
-        """Check ``fit``'s data and arguments; returns (data arrays, :class:`FitPlan`)."""
+        """Check ``fit``'s arguments and the data's shapes (NaN and inf are left to
+        ``_run_fit``); returns (data arrays, :class:`FitPlan`)."""
         has_data = bool(self.graph.data)
         if has_data:
-            data, nrows = self._data(X, Y)
+            data, nrows = self._data(X, Y, check=False)
         else:
             if X is not None or Y is not None:
                 raise GradcError("this spec has no inputs or targets; call fit(params, steps=...)")

@@ -227,13 +227,13 @@ def _gram_sq_cblas(a, b, work):
     matrices, made by CBLAS syrk in ``work`` (2 × ≥ n²). n²·(r + c)/2
     multiply-adds instead of reading r·c entries; exact but for rounding, summed
     in float64 (never below 0: the sum of a positive semidefinite Hadamard
-    product, whatever rounding says). np.dot's two gemms for layouts syrk cannot
-    take (rows not contiguous)."""
+    product, whatever rounding says). Rows that are not contiguous are copied
+    first and go to np.dot's two gemms."""
     n = a.shape[0]
     ta, lda = _operand(a, a.itemsize)
     tb, ldb = _operand(b, b.itemsize)
-    if ta != _NO_TRANS or tb != _NO_TRANS:
-        return _gram_sq_dot(a, b, work)
+    if ta != _NO_TRANS or tb != _NO_TRANS:  # (copies: np.dot is slow on strided rows)
+        return _gram_sq_dot(np.ascontiguousarray(a), np.ascontiguousarray(b), work)
     ga = work[0, : n * n].reshape(n, n)
     gb = work[1, : n * n].reshape(n, n)
     _syrk(_UPPER, _NO_TRANS, n, a.shape[1], 1.0, a, lda, 0.0, ga, n)

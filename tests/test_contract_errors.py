@@ -289,6 +289,27 @@ def test_nonfinite_data_found_in_the_kernel_undoes_the_call(prog_rows, monkeypat
     assert_dicts_close(params, fresh, rtol=0, atol=0)
 
 
+def test_nan_data_refused_even_when_the_kernel_stops_first():
+    """The kernel checks a batch when it reaches it; if a step fails before the
+    batch with the NaN (here an overflowing batch 1, after batch 0's update), the
+    data is still refused and nothing of the call is kept."""
+    net = gc.Sequential(gc.Dense(64, 32, gc.relu), gc.Dense(32, 10, gc.identity))
+    prog_rows = gc.compile(net, loss=gc.mse)
+    rng = np.random.default_rng(7)
+    X, Y = rng.random((512, 64)), rng.random((512, 10))
+    X[128:256] = 1e200  # batch 1: finite, but its loss overflows
+    X[400, 0] = np.nan  # batch 3
+    params = prog_rows.init(seed=2)
+    before = copy_params(params)
+    with pytest.raises(gc.GradcError, match=r"input 'x' contains NaN or inf.*row 400"):
+        prog_rows.fit(params, X, Y, optimizer=gc.SGD(0.1), batch_size=128, shuffle=False)
+    assert_dicts_close(params, before, rtol=0, atol=0)
+    X[400, 0] = 0.0  # without the NaN: the divergence is reported, batch 0's update kept
+    with pytest.raises(gc.GradcError, match="update step 2"):
+        prog_rows.fit(params, X, Y, optimizer=gc.SGD(0.1), batch_size=128, shuffle=False)
+    assert not np.array_equal(params["W1"], before["W1"])
+
+
 def test_float32_overflow_found_in_the_kernel_is_named():
     net = gc.Sequential(gc.Dense(64, 32, gc.sigmoid), gc.Dense(32, 10, gc.sigmoid))
     prog = gc.compile(net, loss=gc.mse, dtype="float32")

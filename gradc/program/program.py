@@ -460,7 +460,11 @@ class Program:
                 args[slot["losses"]] = losses[start:stop]
                 args[slot["gnorms"]] = sq_norms[start:stop]
                 status, at = self._timed_call(call.name, train, args)
-                if status == 4:  # a batch with NaN or inf: undo the call, refuse the data
+                # a batch with NaN or inf (4), or a stop before the kernel had checked
+                # every batch while the data holds one: undo the call, refuse the data
+                if status == 4 or (
+                    status and in_kernel and at < nbatches and first_nonfinite(data) >= 0
+                ):
                     for dst, src in zip(saved, backup):
                         np.copyto(dst, src)
                     refuse_data()

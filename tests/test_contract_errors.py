@@ -232,7 +232,7 @@ def test_nonfinite_data_refused_matrix(progq, qparams, qdata):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, None])
 def test_large_data_checked_entrywise(linreg, bad):
-    """Data is checked in one compiled pass per array (Σ x − x, data._nan_sum):
+    """Data is checked in one compiled pass per array (Σ x − x, runtime.rows_finite):
     a NaN or inf anywhere in 3,000 entries is refused (naming the row), and huge
     finite values (whose sum or squares would overflow) are accepted."""
     X = np.full(3000, 1e200)

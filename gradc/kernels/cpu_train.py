@@ -356,8 +356,7 @@ class TrainPrinter:
         fused = self.fused_gradients()
         rows = self.stack_rows(fused)
         buffers = [b for b in self.value_names() + self.delta_names() if b not in rows]
-        args = self.train_args(rule, gather + buffers)
-        args.insert(args.index("clip") + 1, "check_upto")  # see _train_body
+        args = self.train_args(rule, gather + buffers, checks_data=True)
         self._ahead = self.product_ahead(fused)
         self._folded = self.folded_gradients(rule, fused)
         before = []
@@ -394,13 +393,17 @@ class TrainPrinter:
         rows = {b.name: b.shape[0] * b.shape[1] for b in self.buffers if b.batched}
         return rows if sum(rows.values()) <= STACK_MAX_ENTRIES else {}
 
-    def train_args(self, rule: UpdateRule, buffers: list[str]) -> list[str]:
+    def train_args(
+        self, rule: UpdateRule, buffers: list[str], checks_data: bool = False
+    ) -> list[str]:
         """A training kernel's arguments: loop and optimizer scalars, the whole data,
-        parameters and optimizer state, then its own ``buffers``, gradients and outputs."""
+        parameters and optimizer state, then its own ``buffers``, gradients and
+        outputs; ``checks_data``: with ``check_upto`` (see ``_train_body``)."""
         nstate = len(rule.state_names)
         nparams = len(self.deriv.graph.params)
         states = [f"s{k}_{j}" for k in range(nparams) for j in range(nstate)]
         args = ["start", "stop", "nrows", "bs", "shuffle", "seed", "perm", "hp", "opt_step", "clip"]
+        args += ["check_upto"] if checks_data else []
         args += [n.upper() for n in self.data_names()] + self.param_names() + states
         return [*args, *buffers, *self.grad_names(), "losses", "gnorms"]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.cpu import print_cpu
-from .program import Program
+from .compile import cpu_program
 
 __all__ = ["check_grad"]
 
@@ -61,16 +60,6 @@ def _float64_loss(prog):
         return prog.loss
     twin = getattr(prog, "_float64_twin", None)
     if twin is None:
-        kernels = print_cpu(prog.derivation, "float64")
-        twin = Program(
-            prog.spec,
-            prog.graph,
-            prog.derivation,
-            kernels,
-            target="cpu",
-            dtype="float64",
-            optimizer=prog.optimizer,
-            derive_seconds=0.0,
-        )
+        twin = cpu_program(prog.spec, prog.graph, prog.derivation, "float64", prog.optimizer, 0.0)
         prog._float64_twin = twin
     return twin.loss

@@ -14,7 +14,7 @@ from ..spec.model import Spec
 from ..spec.optimizers import Optimizer
 from .program import Program
 
-__all__ = ["STRATEGIES", "TARGETS", "compile"]
+__all__ = ["STRATEGIES", "TARGETS", "compile", "cpu_program"]
 
 STRATEGIES = ("shared", "naive")
 TARGETS = ("cpu", "cuda")
@@ -89,13 +89,17 @@ def compile(
             optimizer=optimizer,
             derive_seconds=derive_seconds,
         )
-    kernels = print_cpu(derivation, dtype)
+    return cpu_program(spec, graph, derivation, dtype, optimizer, derive_seconds)
+
+
+def cpu_program(spec, graph, derivation, dtype: str, optimizer, derive_seconds: float) -> Program:
+    """The CPU :class:`Program` of a derivation: its kernels printed in ``dtype``."""
     return Program(
         spec,
         graph,
         derivation,
-        kernels,
-        target=target,
+        print_cpu(derivation, dtype),
+        target="cpu",
         dtype=dtype,
         optimizer=optimizer,
         derive_seconds=derive_seconds,

@@ -26,7 +26,6 @@ import numpy as np
 
 from ..errors import GradcError
 from ..kernels.runtime import seed_base, shuffle_epoch
-from .data import first_nonfinite
 from .history import History
 from .program import _STATUS, FitPlan, Program, _epoch_means, _progress
 
@@ -170,10 +169,7 @@ class CudaProgram(Program):
         """``fit`` on the device: parameters, optimizer state and batches stay there
         until the end (or, with ``record_path``, are copied back after every step).
         The data is checked for NaN and inf here, before any step."""
-        if first_nonfinite(data) >= 0:
-            refuse_data()
-        if plan.total_steps == 0 and (error := self._nonfinite_param(p)):
-            raise error
+        self._check_before_steps(p, data, plan, refuse_data)
         with _on_device():
             return self._fit_on_device(opt, params, p, data, plan, progress, record_path)
 

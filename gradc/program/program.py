@@ -419,10 +419,7 @@ class Program:
             and total_steps >= nbatches
             and bs * sum(d.shape[1] for d in data) >= DATA_CHECK_MIN_ENTRIES
         )
-        if not in_kernel and first_nonfinite(data) >= 0:
-            refuse_data()
-        if total_steps == 0 and (error := self._nonfinite_param(p)):
-            raise error
+        self._check_before_steps(p, data, plan, refuse_data, data_later=in_kernel)
         if "check_upto" in slot:
             args[slot["check_upto"]] = nbatches if in_kernel else 0
         args[slot["hp"]] = np.array(
@@ -501,6 +498,15 @@ class Program:
             history.weights = list(self._weight_names)
         self._write_back(p, params)
         return history
+
+    def _check_before_steps(self, p, data, plan: FitPlan, refuse_data, data_later=False):
+        """fit's checks before its first step: the data for NaN and inf (unless the
+        kernel checks it, ``data_later``), then, when no step will show them, the
+        parameters."""
+        if not data_later and first_nonfinite(data) >= 0:
+            refuse_data()
+        if plan.total_steps == 0 and (error := self._nonfinite_param(p)):
+            raise error
 
     def _fit_call(self, opt: Optimizer, p, data, states, plan: FitPlan) -> FitCall:
         """The training kernel and its arguments for these parameter and state

@@ -290,21 +290,41 @@ def peer_applies(peer: str, case: pc.Case, restrict: dict[str, str]) -> bool:
 
 
 def startup_probe(
-    case: pc.Case, path: Path, run_dir: Path, shared_cache: Path, timeout: float
+    case: pc.Case,
+    path: Path,
+    run_dir: Path,
+    shared_cache: Path,
+    timeout: float,
+    first_use: bool = False,
 ) -> list[dict]:
-    """gradc cold (fresh GRADC_CACHE_DIR) then warm (same directory, new process)."""
+    """gradc cold (fresh GRADC_CACHE_DIR) then warm (same directory, new process).
+
+    With ``first_use``, first a process in which nothing of gradc's is compiled
+    yet (fresh NUMBA_CACHE_DIR too: gradc's shared helpers, which Numba caches
+    once per machine beside their source, compile as well), then an unreported
+    one that makes sure those helpers' own caches are current, so that *cold*
+    measures what every network after the first costs.
+    """
     out = []
+    if first_use:
+        env = child_env(run_dir, run_dir / "gradc_first_use")
+        env["NUMBA_CACHE_DIR"] = str(run_dir / "numba_first_use")
+        runs = [("first use", env), ("helpers", child_env(run_dir, run_dir / "gradc_helpers"))]
+    else:
+        runs = []
     probe_cache = run_dir / f"gradc_probe_{case.net}"
     env = child_env(run_dir, probe_cache)
-    for state in ("cold", "warm"):
-        rf = run_dir / "results" / f"startup_{case.net}_{state}.json"
+    runs += [("cold", env), ("warm", env)]
+    for state, env in runs:
+        rf = run_dir / "results" / f"startup_{case.net}_{state.replace(' ', '_')}.json"
         code, tail, wall = run_process(
             ["--startup", "--case-file", str(path), "--result", str(rf)], env, timeout
         )
         res = read_result(rf, code, tail)
         res.update(state=state, net=case.net, case=case.name, process_s=wall)
-        out.append(res)
-        log(f"   gradc start-up {state:4s}: {describe(res)}")
+        log(f"   gradc start-up {state:9s}: {describe(res)}")
+        if state != "helpers":
+            out.append(res)
     # hand the compiled kernels on to the timing processes (content-hashed files)
     if probe_cache.exists():
         shutil.copytree(probe_cache, shared_cache, dirs_exist_ok=True)
@@ -343,11 +363,16 @@ def run_all(
                         and case.kind == "sigmoid_mse"
                         and case.dtype == "float64"
                     ):
-                        probed.add(case.net)
                         log(f"   {case.net}:")
                         startups += startup_probe(
-                            case, paths[case.name], run_dir, shared_cache, timeout
+                            case,
+                            paths[case.name],
+                            run_dir,
+                            shared_cache,
+                            timeout,
+                            first_use=not probed,
                         )
+                        probed.add(case.net)
             for peer in peers:
                 mine = [c for c in group if peer_applies(peer, c, restrict)]
                 if not mine:
@@ -570,7 +595,7 @@ def render(data: dict) -> str:
     t_startup = markdown_table(
         [
             "network",
-            "GRADC_CACHE_DIR",
+            "state",
             "import gradc s",
             "gc.compile s",
             "first fit s (JIT or cache load + 1 step)",
@@ -789,8 +814,13 @@ def render(data: dict) -> str:
         "## Start-up cost",
         "",
         "gradc, per network (sigmoid_mse, float64, one `fit` of one step): *cold* = a fresh, "
-        "empty `GRADC_CACHE_DIR`, *warm* = the same directory in a new process "
-        "(Numba's disk cache).",
+        "empty `GRADC_CACHE_DIR` (a network new to this machine), *warm* = the same "
+        "directory in a new process (Numba's disk cache). *first use* (the first network "
+        "only) = nothing of gradc's compiled yet: a fresh `NUMBA_CACHE_DIR` as well, so "
+        "gradc's shared helpers (shuffle, gather, finiteness checks, health statistics; "
+        "Numba caches them beside their source, once per machine and gradc version) "
+        "compile too; before *cold*, an unreported process makes sure those helpers' "
+        "caches are current.",
         "",
         t_startup,
         "",

@@ -66,6 +66,20 @@ def test_mismatched_layer_shapes():
     assert ("4" in m) or ("5" in m), m
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.dtype("float64"), "f4", float])
+def test_dtype_given_the_numpy_way(dtype):
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y], dtype=dtype)
+    assert prog.dtype == np.dtype(dtype).name
+
+
+@pytest.mark.parametrize("dtype", ["float16", np.int64, "complex", None, "fp32"])
+def test_dtype_other_than_float64_or_float32_refused(dtype):
+    w, x, y = sp.symbols("w x y")
+    with pytest.raises(gc.GradcError, match="dtype must be 'float64' or 'float32'"):
+        gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y], dtype=dtype)
+
+
 def test_mismatched_output_target_shapes():
     xv = sp.MatrixSymbol("xv", 3, 1)
     yv3 = sp.MatrixSymbol("yv3", 3, 1)

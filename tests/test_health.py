@@ -86,3 +86,27 @@ def test_history_grad_norms_are_the_roots_of_what_the_kernel_recorded():
     for k, g in grads.items():
         assert hist.grad_norms[k][0] == pytest.approx(np.linalg.norm(g), rel=1e-12)
     assert hist.norm_matrix.shape == (1, len(grads))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 64, 65, 2048, 5000])
+def test_statistics_are_numpy_medians_of_evenly_spaced_steps(steps):
+    # diagnose's compiled statistics against np.sort on the same spaced rows
+    from gradc.program.health import SAMPLES, _statistics
+
+    rng = np.random.default_rng(steps)
+    norms = rng.random((steps, 4)) ** 3
+    upper_middle = lambda v: np.sort(v)[len(v) // 2]  # noqa: E731
+    for tenth in (0, steps // 10):
+        picked = norms[:: max(1, steps // SAMPLES)]
+        k = max(1, tenth)
+        stride = max(1, k // SAMPLES)
+        totals = np.sqrt((norms**2).sum(axis=1))
+        want = (
+            upper_middle(picked[:, 0]),
+            upper_middle(picked[:, 3]),
+            upper_middle(totals[:k:stride]),
+            upper_middle(totals[steps - k :: stride]),
+        )
+        for squared, given in ((False, norms), (True, norms**2)):
+            got = _statistics(np.ascontiguousarray(given), 0, 3, tenth, SAMPLES, squared)
+            np.testing.assert_allclose(got, want, rtol=1e-12)

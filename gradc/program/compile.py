@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from ..derivation.reverse import derive_shared
 from ..errors import GradcError
 from ..graph.lower import lower
@@ -30,7 +32,7 @@ def compile(
     loss: Callable | None = None,
     strategy: str = "shared",
     target: str = "cpu",
-    dtype: str = "float64",
+    dtype: str | type | np.dtype = "float64",
     optimizer: Optimizer | None = None,
     naive_limit: int | None = None,
 ) -> Program:
@@ -58,8 +60,7 @@ def compile(
         raise GradcError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if target not in TARGETS:
         raise GradcError(f"target must be one of {TARGETS}, got {target!r}")
-    if dtype not in ("float64", "float32"):
-        raise GradcError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    dtype = _dtype_name(dtype)
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise GradcError(
             f"optimizer must be a gc.Optimizer (gc.SGD, gc.Adam, …), got {optimizer!r}"
@@ -104,3 +105,14 @@ def cpu_program(spec, graph, derivation, dtype: str, optimizer, derive_seconds: 
         optimizer=optimizer,
         derive_seconds=derive_seconds,
     )
+
+
+def _dtype_name(dtype) -> str:
+    """``"float64"`` or ``"float32"`` from that name, ``np.float32``, ``np.dtype("f8")``…"""
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
+    if name not in ("float64", "float32"):
+        raise GradcError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    return name

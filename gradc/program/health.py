@@ -103,22 +103,43 @@ def _statistics(norms, first, last, tenth, samples, squared):
     keeps their order)."""
     steps, params = norms.shape
     stride = max(1, steps // samples)
-    picked = np.arange(0, steps, stride)
-    top = np.sort(norms[picked, first])[len(picked) // 2]
-    bottom = np.sort(norms[picked, last])[len(picked) // 2]
+    count = (steps + stride - 1) // stride
+    picked = np.empty(count)
+    for j in range(count):
+        picked[j] = norms[j * stride, first]
+    top = _upper_middle(picked)
+    for j in range(count):
+        picked[j] = norms[j * stride, last]
+    bottom = _upper_middle(picked)
     k = max(1, tenth)
     stride = max(1, k // samples)
-    ends = np.empty((2, len(range(0, k, stride))))
-    for w, lo in enumerate((0, steps - k)):
-        for j, row in enumerate(range(lo, lo + k, stride)):
+    ends = np.empty((2, (k + stride - 1) // stride))
+    for w in range(2):
+        lo = 0 if w == 0 else steps - k
+        for j in range(ends.shape[1]):
             sq = 0.0
             for p in range(params):
-                sq += norms[row, p] if squared else norms[row, p] * norms[row, p]
+                v = norms[lo + j * stride, p]
+                sq += v if squared else v * v
             ends[w, j] = np.sqrt(sq)
-    mid = ends.shape[1] // 2
     if squared:
         top, bottom = np.sqrt(top), np.sqrt(bottom)
-    return top, bottom, np.sort(ends[0])[mid], np.sort(ends[1])[mid]
+    return top, bottom, _upper_middle(ends[0]), _upper_middle(ends[1])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _upper_middle(values):
+    """The upper middle of ``values``, sorted in place by insertion: at most
+    ~2·SAMPLES numbers, and np.sort's quicksort costs ~1.5 s of Numba compile
+    the first time gradc runs on a machine (this, ~0.1 s)."""
+    for i in range(1, len(values)):
+        v = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > v:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = v
+    return values[len(values) // 2]
 
 
 def warn_if_unhealthy(found: list[str]) -> None:

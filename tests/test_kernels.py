@@ -261,6 +261,32 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_squares_against_float64_numpy(dtype):
+    """runtime.sum_squares (every gradient norm that is not printed inline): rows
+    and columns of several shapes, a strided view; a float32 sum that overflows
+    float32 is still the finite float64 sum; inf and NaN entries give inf / NaN."""
+    from gradc.kernels.runtime import sum_squares
+
+    rng = np.random.default_rng(5)
+    rel = 1e-6 if dtype == np.float32 else 1e-14
+    for shape in [(1, 1), (3, 1), (257, 1), (1, 7), (10, 256), (33, 130)]:
+        a = rng.standard_normal(shape).astype(dtype)
+        want = float(np.sum(a.astype(np.float64) ** 2))
+        assert sum_squares(a) == pytest.approx(want, rel=rel)
+    wide = rng.standard_normal((12, 40)).astype(dtype)
+    view = wide[::2, 3:31]
+    assert sum_squares(view) == pytest.approx(float(np.sum(view.astype(float) ** 2)), rel=rel)
+    big = np.full((4, 400), 1e18, dtype)  # each square ≤ float32's max, each row sum not
+    col = np.full((6, 1), 3e19, dtype)  # each square overflows float32
+    for a in (big, col):
+        assert sum_squares(a) == pytest.approx(float(np.sum(a.astype(float) ** 2)), rel=1e-12)
+    big[2, 5] = np.inf
+    assert sum_squares(big) == np.inf
+    big[2, 5] = np.nan
+    assert np.isnan(sum_squares(big))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_folded_update_helpers_against_numpy(dtype):
     """The helpers of an SGD step folded into a gradient product: ``matmul_acc``
     (out += α·a·b, by gemm with β = 1 for transposed and plain operands) and

@@ -123,32 +123,50 @@ def shuffle_rows(perm, nrows, seed):
 _LIGHT = {"cache": True, "error_model": "numpy", "_nrt": False}
 
 
-@numba.njit(**_LIGHT)
+@numba.njit(**_LIGHT, fastmath={"reassoc"})
 def sum_squares(a):
-    """Σ a² over a 2-d array, four partial sums along its longer axis (one running
-    sum waits ~4 cycles per entry). Plain loops: ``reshape`` calls into C."""
+    """Σ a² over a 2-d array, as a float64. Each row sums in the array's own type,
+    in any order (``reassoc``: LLVM vectorises the loop; 256×784 float32 55 → 9 µs
+    here, float64 43 → 18, against four scalar partial sums); if that overflows
+    (or an entry is inf or NaN) the whole sum is taken again in float64, so the
+    result is non-finite only when Σ a² is. A column keeps four partial sums in
+    float64 (one running sum waits ~4 cycles per entry; its strided loop does not
+    vectorise). Plain loops: ``reshape`` calls into C."""
     rows, cols = a.shape
-    s0 = s1 = s2 = s3 = 0.0
     if cols == 1:
+        s0 = s1 = s2 = s3 = 0.0
         body = rows - rows % 4
         for k in range(0, body, 4):
-            s0 += a[k, 0] * a[k, 0]
-            s1 += a[k + 1, 0] * a[k + 1, 0]
-            s2 += a[k + 2, 0] * a[k + 2, 0]
-            s3 += a[k + 3, 0] * a[k + 3, 0]
+            x0, x1 = np.float64(a[k, 0]), np.float64(a[k + 1, 0])
+            x2, x3 = np.float64(a[k + 2, 0]), np.float64(a[k + 3, 0])
+            s0 += x0 * x0
+            s1 += x1 * x1
+            s2 += x2 * x2
+            s3 += x3 * x3
         for k in range(body, rows):
-            s0 += a[k, 0] * a[k, 0]
+            x0 = np.float64(a[k, 0])
+            s0 += x0 * x0
         return (s0 + s1) + (s2 + s3)
-    body = cols - cols % 4
+    total = 0.0
     for r in range(rows):
-        for k in range(0, body, 4):
-            s0 += a[r, k] * a[r, k]
-            s1 += a[r, k + 1] * a[r, k + 1]
-            s2 += a[r, k + 2] * a[r, k + 2]
-            s3 += a[r, k + 3] * a[r, k + 3]
-        for k in range(body, cols):
-            s0 += a[r, k] * a[r, k]
-    return (s0 + s1) + (s2 + s3)
+        row = a.dtype.type(0.0)
+        for k in range(cols):
+            row += a[r, k] * a[r, k]
+        total += row
+    if total < math.inf:
+        return total
+    return _squares_float64(a)
+
+
+@numba.njit(**_LIGHT, fastmath={"reassoc"})
+def _squares_float64(a):
+    """Σ a² with every entry widened to float64 first (sum_squares' slow path)."""
+    total = 0.0
+    for r in range(a.shape[0]):
+        for k in range(a.shape[1]):
+            x = np.float64(a[r, k])
+            total += x * x
+    return total
 
 
 @numba.njit(**_LIGHT)

@@ -153,7 +153,12 @@ def _syrk(typingctx, uplo, trans, n, k, alpha, a, lda, beta, c, ldc):
     return sig, _cblas_codegen(name, c.dtype, "eeiifaifai")
 
 
-@numba.njit(cache=True)
+# _nrt=True stated, not left to the default: a function that does not state it
+# inherits the setting of the first kernel that calls it (Numba's flag
+# inheritance), and the training kernels run without reference counting, where
+# np.dot(a, b, out) and ascontiguousarray cannot compile; Numba's disk cache
+# then keeps whichever version came first.
+@numba.njit(cache=True, _nrt=True)
 def _operand(x, itemsize):
     """(CBLAS flag, leading dimension) of a 2-d operand read as row-major, or (0, 0)
     when its layout is neither row-major nor a transpose of one."""
@@ -170,7 +175,7 @@ def _operand(x, itemsize):
     return 0, 0
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _gemm_into(a, b, out, alpha, beta):
     """out ← alpha·a·b + beta·out by one CBLAS gemm; False (nothing done) when a
     layout is one gemm cannot take."""
@@ -185,7 +190,7 @@ def _gemm_into(a, b, out, alpha, beta):
     return True
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _matmul_cblas(a, b, out):
     """out = a · b through CBLAS gemm; np.dot for layouts gemm cannot take, and for
     a product with one row or one column, which Numba hands to gemv (OpenBLAS's
@@ -194,7 +199,7 @@ def _matmul_cblas(a, b, out):
         np.dot(a, b, out)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _matmul_dot(a, b, out):
     """out = a · b through Numba's np.dot."""
     np.dot(a, b, out)
@@ -207,20 +212,20 @@ def _matmul_dot(a, b, out):
 matmul = _matmul_cblas if _CBLAS else _matmul_dot
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _matmul_acc_cblas(a, b, out, alpha):
     """out += alpha · a · b by one gemm (β = 1): no product is stored apart."""
     if not _gemm_into(a, b, out, alpha, 1.0):
         out += alpha * np.dot(a, b)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _matmul_acc_dot(a, b, out, alpha):
     """out += alpha · a · b (the product in a temporary: np.dot has no β)."""
     out += alpha * np.dot(a, b)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _gram_sq_cblas(a, b, work):
     """‖aᵀ·b‖² (squared Frobenius norm) without forming aᵀ·b: for a (n×r) and
     b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, from the upper triangles of the two n×n Gram
@@ -247,7 +252,7 @@ def _gram_sq_cblas(a, b, work):
     return max(diag + 2.0 * off, 0.0)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _gram_sq_dot(a, b, work):
     """``gram_sq`` by np.dot: both n×n Gram matrices in full."""
     n = a.shape[0]

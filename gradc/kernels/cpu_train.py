@@ -627,7 +627,10 @@ def _tuple(items) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
-_DECORATOR = '@numba.njit(cache=True, error_model="numpy")'
+# fastmath stated (off): a function that leaves it unset inherits the first caller's
+# (Numba's flag inheritance), so a shared step function's rounding would depend on
+# which kernel compiled it first
+_DECORATOR = '@numba.njit(cache=True, error_model="numpy", fastmath=False)'
 # the row training kernel: FMA contraction (a·b + c rounded once). No reassoc:
 # sums keep their printed order (no gain from it there).
 _DECORATOR_TRAIN = '@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})'

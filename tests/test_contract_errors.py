@@ -450,6 +450,20 @@ def test_overflow_in_a_later_epoch_is_undone_to_the_step_before():
     assert w > 1.7e308  # the next update (≥ lr·0.005) overflows
 
 
+def test_gradient_too_large_to_measure_is_undone_with_its_update():
+    """∂(w·x)/∂w = x: at x = 1e200 the gradient is finite but its squared norm
+    overflows, so fit stops (status 2). A small network's training kernel forms
+    that norm in its update sweep, after updating w (to −5e199, finite): fit must
+    undo the step. w is what the two steps before it made: 0.25 − 2·0.5."""
+    wv, xv = sp.symbols("wbig xbig")
+    prog = gc.compile(wv * xv, params=[wv], inputs=[xv])
+    params = {"wbig": np.array(0.25)}
+    X = np.array([1.0, 1.0, 1e200])
+    with pytest.raises(gc.GradcError, match=r"update step 3 .*gradient"):
+        prog.fit(params, X, optimizer=gc.SGD(lr=0.5), epochs=1, batch_size=1, shuffle=False)
+    assert float(params["wbig"]) == -0.75
+
+
 def test_divergence_exp_objective():
     """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
     the loss there, exp(~46800), overflows."""

@@ -94,7 +94,11 @@ class TrainPrinter:
     _folded: dict[int, int] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def update_body(
-        self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]] | None = None
+        self,
+        out: _Lines,
+        rule: UpdateRule,
+        fused: dict[int, tuple[Node, Node]] | None = None,
+        norms: bool = False,
     ) -> None:
         """One optimizer step on every parameter; ``bad`` counts new values that are not finite.
 
@@ -104,6 +108,8 @@ class TrainPrinter:
         (training kernel only) maps parameters whose gradient is an outer product
         Σₙ δₙ·xₙᵀ to (δ, xᵀ): for a batch of one they go through ``step_outer``,
         which forms δ₀[r]·x₀[c] inside the update sweep and never stores it.
+        ``norms`` (training kernel only): the parameters updated by printed loops
+        also add their gradient's squared norm to ``gnorms`` and ``total``.
         """
         params = self.deriv.graph.params
         form = UpdateForm.of(rule)
@@ -165,10 +171,19 @@ class TrainPrinter:
             for k in rest:
                 out(f"# {comment_text(params[k].label)}")
                 states = [f"s{k}_{j}" for j in range(nstates)]
+                if norms:
+                    out("sq = 0.0")
                 r, c, d = self._loops(out, params[k].shape)
                 grad = f"g{k}[{r}, {c}] * scale"
+                if norms:
+                    out(f"gv = g{k}[{r}, {c}]")
+                    out("sq += gv * gv")
+                    grad = "gv * scale"
                 self._update_entry(out, form, r, c, grad, f"p{k}", states, count="nan_sum += z")
                 out.depth -= d
+                if norms:
+                    out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
+                    out("total += sq")
             out("bad += nan_sum != 0.0")
         elif rest:
             labels = ", ".join(comment_text(params[k].label) for k in rest)
@@ -498,7 +513,8 @@ class TrainPrinter:
             out("")
             out("Forward, backward and update are inlined so that LLVM sees one loop.")
             out("Returns (status, step): status 0 done; 1 loss, 2 gradient, 3 parameters")
-            out("became non-finite at that step (no update was kept for 1 and 2); 4 the")
+            out("became non-finite at that step (no update was kept for 1; for 2 and 3 fit")
+            out("replays the steps before it from its backup); 4 the")
             out('step\'s batch holds NaN or inf (data checked in the kernel, before its use)."""')
             out("nbatches = (nrows + bs - 1) // bs")
             out("inv_bs = F(1.0) / F(bs)")
@@ -547,29 +563,39 @@ class TrainPrinter:
                         self.statement(out, grads[k])
                         self._buffer_norm(out, k)
         rest = [k for k in range(len(g.params)) if k not in fused]
-        if _small(g.params[k].shape for k in rest):
-            for k in rest:
-                out("sq = 0.0")
-                r, c, d = self._loops(out, g.params[k].shape)
-                out(f"sq += g{k}[{r}, {c}] * g{k}[{r}, {c}]")
-                out.depth -= d
-                out(f"gnorms[step - start, {k}] = sq  # squared: the root is taken outside")
-                out("total += sq")
-        elif rest:  # squared: the roots are taken outside
-            out(
-                f"total += sum_squares_into(gnorms[step - start], {_tuple(rest)}, "
-                f"{_tuple(f'g{k}' for k in rest)})"
-            )
-        out("if not math.isfinite(total):")
-        with out.indent():
-            out("return 2, step")
+        # parameters updated by printed loops form their norms in those loops: one
+        # pass over the gradient, not two (a non-finite one is then found after the
+        # update; fit replays the steps before it, as for status 3)
+        inline = bool(rest) and _small(g.params[k].shape for k in rest)
+        grads_rest = (_tuple(rest), _tuple(f"g{k}" for k in rest))
+        if rest and not inline:  # squared: the roots are taken outside
+            out(f"total += sum_squares_into(gnorms[step - start], {', '.join(grads_rest)})")
+        if fused or not inline:
+            out("if not math.isfinite(total):")
+            with out.indent():
+                out("return 2, step")
         out("scale = F(1.0)")
-        out("if clip > 0.0 and math.sqrt(total) > clip:")
-        with out.indent():
-            out("scale = F(clip / math.sqrt(total))")
+        if inline:
+            out("if clip > 0.0:")
+            with out.indent():
+                out("# the scale needs every norm now: the inline ones are formed twice")
+                out(
+                    f"full = total + sum_squares_into(gnorms[step - start], {', '.join(grads_rest)})"
+                )
+                out("if math.sqrt(full) > clip:")
+                with out.indent():
+                    out("scale = F(clip / math.sqrt(full))")
+        else:
+            out("if clip > 0.0 and math.sqrt(total) > clip:")
+            with out.indent():
+                out("scale = F(clip / math.sqrt(total))")
         out("t = F(opt_step + step - start + 1)")
-        out("# ---- update")
-        self.update_body(out, rule, fused)
+        out("# ---- update" + (" (and the norms of the gradients read in it)" if inline else ""))
+        self.update_body(out, rule, fused, norms=inline)
+        if inline:
+            out("if not math.isfinite(total):  # after this step's update: fit undoes it")
+            with out.indent():
+                out("return 2, step")
         out("if bad:")
         with out.indent():
             out("return 3, step")

@@ -466,7 +466,9 @@ class Program:
                         np.copyto(dst, src)
                     refuse_data()
                 ran = (at if status else stop) - start
-                if status == 3:  # undo the failed step: replay the good ones from the backup
+                # undo the failed step: replay the good ones from the backup (the
+                # kernel may have updated before it found a gradient non-finite: 2)
+                if status in (2, 3):
                     for dst, src in zip(saved, backup):
                         np.copyto(dst, src)
                     args[slot["stop"]] = at

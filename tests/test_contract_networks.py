@@ -662,7 +662,7 @@ def test_batch_innermost_kernel_against_the_delta_recursion(
     "widths, batch",
     [
         ([3, 4, 2], 1),  # 26 entries: zeroed, normed and updated by printed loops
-        ([10, 20, 5], 3),  # 325 entries: one runtime call over the tuple of parameters
+        ([12, 20, 12, 20, 12, 5], 3),  # 1,089 entries: one call over the tuple of them
     ],
 )
 def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch):
@@ -671,7 +671,7 @@ def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch
     module. Both keep one sample's values and δ in rows on the kernel's stack
     (reused by each sample of a batch of 3). Both replayed with the NumPy δ
     recursion and the reference Adam, with clip_norm and per-step gradient norms."""
-    acts = ["tanh", "sigmoid"]
+    acts = ["tanh"] * (len(widths) - 2) + ["sigmoid"]
     net, values = _net_and_params(widths, acts, seed=23, scale=0.5)
     prog = gc.compile(net, loss=gc.mse)
     names = _layer_names(net)

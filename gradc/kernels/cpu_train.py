@@ -166,8 +166,8 @@ class TrainPrinter:
                 out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
             if k in self._folded:
                 self._bound_check(out, k, rate)
-        rest = [k for k in range(len(params)) if k not in fused]
-        if _small(params[k].shape for k in rest):
+        rest, inline = self._rest(fused)
+        if inline:
             # one float sum of (new − new) checks every entry: 0, or NaN once one is
             # inf or NaN (a compare and an integer add per entry cost more: 3-4-2
             # ReLU-CE at batch 1, 82 → 78 ns per step); no nnan flag folds it away
@@ -195,6 +195,13 @@ class TrainPrinter:
             tuples += [_tuple(f"s{k}_{j}" for k in rest) for j in range(nstates)]
             out(f"# {labels}")
             out(f"bad += step_each({', '.join(tuples)}, {knobs})")
+
+    def _rest(self, fused) -> tuple[list[int], bool]:
+        """The parameters outside ``fused``, and whether printed loops update them
+        (INLINE_MAX_ENTRIES; else one ``step_each`` call over their tuple)."""
+        params = self.deriv.graph.params
+        rest = [k for k in range(len(params)) if k not in fused]
+        return rest, bool(rest) and _small(params[k].shape for k in rest)
 
     def _bound_check(self, out: _Lines, k: int, rate: str) -> None:
         """A folded update reads no new value back: instead a running bound on
@@ -445,7 +452,7 @@ class TrainPrinter:
         # no reference counting unless the kernel allocates (the folded norms'
         # Gram matrices): each data slice's view would otherwise take an atomic
         # increment and decrement per step (3-4-2 ReLU-CE at batch 1: 77 → 71 ns)
-        decorator = _DECORATOR_TRAIN if self._folded else _DECORATOR_TRAIN_NO_NRT
+        decorator = _DECORATOR_TRAIN if self._folded else _DECORATOR_REASSOC
         with self.train_loop(out, "train", args, decorator, before) as loop_at:
             if data:
                 out("if shuffle:")
@@ -505,11 +512,11 @@ class TrainPrinter:
         return None
 
     @contextmanager
-    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str = "", before=()):
+    def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str, before=()):
         """A training kernel's signature and step loop; the body goes inside the loop
         (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch). Yields the
         index of the loop's first line, where per-call setup can still go."""
-        out(decorator or _DECORATOR_TRAIN)
+        out(decorator)
         out(f"def {name}({', '.join(args)}):")
         with out.indent():
             out('"""Update steps start..stop (counted from the first epoch), without returning')
@@ -547,9 +554,9 @@ class TrainPrinter:
         self, out: _Lines, rule: UpdateRule, fused: dict[int, tuple[Node, Node]]
     ) -> None:
         """The end of a training step: gradient norms (History, clip_norm, the
-        divergence check), then the update; the printed code returns status 2 or 3
-        when they fail."""
-        g = self.deriv.graph
+        divergence check) and the update; the norms of parameters updated by
+        printed loops are summed in that update sweep. The printed code returns
+        status 2 or 3 when they fail."""
         grads = self.deriv.grads
         out("# ---- gradient norms (History, clip_norm, divergence check)")
         out("total = 0.0")
@@ -566,11 +573,10 @@ class TrainPrinter:
                     else:
                         self.statement(out, grads[k])
                         self._buffer_norm(out, k)
-        rest = [k for k in range(len(g.params)) if k not in fused]
         # parameters updated by printed loops form their norms in those loops: one
         # pass over the gradient, not two (a non-finite one is then found after the
         # update; fit replays the steps before it, as for status 3)
-        inline = bool(rest) and _small(g.params[k].shape for k in rest)
+        rest, inline = self._rest(fused)
         grads_rest = (_tuple(rest), _tuple(f"g{k}" for k in rest))
         if rest and not inline:  # squared: the roots are taken outside
             out(f"total += sum_squares_into(gnorms[step - start], {', '.join(grads_rest)})")
@@ -665,8 +671,5 @@ _DECORATOR = '@numba.njit(cache=True, error_model="numpy", fastmath=False)'
 # (the norm and finiteness sums in the inline update sweep vectorise); no
 # nnan/ninf, so every non-finite check stays exact
 _DECORATOR_TRAIN = '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})'
-_DECORATOR_TRAIN_NO_NRT = _DECORATOR_TRAIN[:-1] + ", _nrt=False)"
-# reassoc (and FMA contraction) only: no nnan/ninf, the non-finite checks stay exact
-_DECORATOR_REASSOC = (
-    '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False)'
-)
+# the same without reference counting (kernels and helpers that allocate nothing)
+_DECORATOR_REASSOC = _DECORATOR_TRAIN[:-1] + ", _nrt=False)"

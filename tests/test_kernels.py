@@ -290,7 +290,7 @@ def test_sum_squares_against_float64_numpy(dtype):
 def test_folded_update_helpers_against_numpy(dtype):
     """The helpers of an SGD step folded into a gradient product: ``matmul_acc``
     (out += α·a·b, by gemm with β = 1 for transposed and plain operands) and
-    ``gram_sq`` (‖aᵀb‖² from two Gram matrices) against float64 NumPy;
+    ``gram_sq`` (‖aᵀb‖² from the rows' dot products) against float64 NumPy;
     ``abs_bound`` is at least max |W| and inf exactly when an entry is inf or NaN,
     also when the sum of squares overflows but every entry is finite."""
     from gradc.kernels.runtime import abs_bound, gram_sq, matmul_acc
@@ -307,18 +307,31 @@ def test_folded_update_helpers_against_numpy(dtype):
         matmul_acc(d.T, X, W, dtype(-0.3))
         want = W0.astype(np.float64) - 0.3 * want_g
         np.testing.assert_allclose(W, want, rtol=tol, atol=tol * np.abs(want).max())
-    work = np.empty((2, n * n + 5), dtype)
     want_sq = float(np.sum(want_g**2))
-    # contiguous rows (syrk's upper triangles), rows with a gap between them, and
-    # rows that are not contiguous at all (np.dot's full Gram matrices)
+    # contiguous rows, rows with a gap between them, rows not contiguous at all
     wide = np.zeros((n, rows + 3), dtype)
     wide[:, :rows] = D
     for d in (D, wide[:, :rows], np.asfortranarray(D)):
-        work[...] = np.nan  # nothing below the diagonal may be read
-        assert gram_sq(d, X, work) == pytest.approx(want_sq, rel=10 * tol)
-    one = float(np.sum((D[:1].T.astype(np.float64) @ X[:1].astype(np.float64)) ** 2))
-    assert gram_sq(D[:1], X[:1], work) == pytest.approx(one, rel=10 * tol)
-    assert gram_sq(D[:1] * 0, X[:1], work) == 0.0
+        assert gram_sq(d, X) == pytest.approx(want_sq, rel=10 * tol)
+    # every batch size around the 4×4 blocks (the last n mod 4 rows apart)
+    for m in range(1, n + 1):
+        g = D[:m].T.astype(np.float64) @ X[:m].astype(np.float64)
+        assert gram_sq(D[:m], X[:m]) == pytest.approx(float(np.sum(g**2)), rel=10 * tol)
+    assert gram_sq(D[:5] * 0, X[:5]) == 0.0
+    # a dot product that overflows the array's type while the norm does not: taken
+    # again in float64 (float32 only: a float64 dot product that overflows means a
+    # norm that does too)
+    if dtype == np.float32:
+        big = X * np.float32(1e19)  # xᵢ·xⱼ ~ 1e40 > float32's 3e38
+        tiny = D * np.float32(1e-15)
+        g = tiny.T.astype(np.float64) @ big.astype(np.float64)
+        b64 = big[0].astype(np.float64)
+        assert float(b64 @ b64) > float(np.finfo(np.float32).max)
+        assert gram_sq(tiny, big) == pytest.approx(float(np.sum(g**2)), rel=10 * tol)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[3, 2] = bad
+        assert not np.isfinite(gram_sq(D, Xb))
     assert abs_bound(W0) >= np.abs(W0).max()
     huge = W0.copy()
     huge[2, 3] = np.finfo(dtype).max / 2  # finite, but its square overflows

@@ -22,8 +22,8 @@ kernel cached with one BLAS is never loaded with the other.
 
 With CBLAS, a training kernel may also fold plain gradient descent into a
 weight's gradient product (``matmul_acc``: gemm with β = 1 adds −η·Σₙ δₙxₙᵀ
-straight into W) and take that gradient's norm from Gram matrices (``gram_sq``),
-so the gradient is never stored nor read again (``FOLDS``).
+straight into W), so the gradient is never stored nor read again (``FOLDS``;
+its norm then comes from Gram matrices: ``runtime.gram_sq``).
 """
 
 from __future__ import annotations
@@ -39,23 +39,22 @@ from llvmlite import binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["BLAS", "FOLDS", "gram_sq", "matmul", "matmul_acc"]
+__all__ = ["BLAS", "FOLDS", "matmul", "matmul_acc"]
 
 # CBLAS enum values (cblas.h)
-_ROW_MAJOR, _NO_TRANS, _TRANS, _UPPER = 101, 111, 112, 121
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _FLOATS = {"float32": "s", "float64": "d"}  # CBLAS's prefix letter
 
 
 class _Cblas(NamedTuple):
-    """The CBLAS functions found, by float type, and their integer width."""
+    """The CBLAS gemm functions found, by float type, and their integer width."""
 
     gemm: dict[str, str]  # "float32"/"float64" → ?gemm's name
-    syrk: dict[str, str]  # "float32"/"float64" → ?syrk's name
     bits: int
 
 
 def _find_cblas() -> _Cblas | None:
-    """The gemm and syrk functions of NumPy's bundled OpenBLAS, loaded so that LLVM
+    """The gemm functions of NumPy's bundled OpenBLAS, loaded so that LLVM
     resolves their names; None if there is none to use."""
     if os.environ.get("GRADC_BLAS", "").lower() == "numba":
         return None
@@ -67,22 +66,15 @@ def _find_cblas() -> _Cblas | None:
             continue
         # scipy-openblas64 (NumPy ≥ 2 wheels): prefixed names, 64-bit integers
         for prefix, suffix, bits in (("scipy_", "64_", 64), ("", "64_", 64), ("scipy_", "", 32)):
-            names = {
-                op: {dt: f"{prefix}cblas_{letter}{op}{suffix}" for dt, letter in _FLOATS.items()}
-                for op in ("gemm", "syrk")
-            }
-            if all(hasattr(lib, name) for op in names.values() for name in op.values()):
+            names = {dt: f"{prefix}cblas_{letter}gemm{suffix}" for dt, letter in _FLOATS.items()}
+            if all(hasattr(lib, name) for name in names.values()):
                 binding.load_library_permanently(path)
-                return _Cblas(names["gemm"], names["syrk"], bits)
+                return _Cblas(names, bits)
     return None
 
 
 _CBLAS = _find_cblas()
-BLAS = (
-    f"NumPy's OpenBLAS ({', '.join([*_CBLAS.gemm.values(), *_CBLAS.syrk.values()])})"
-    if _CBLAS
-    else "Numba np.dot"
-)
+BLAS = f"NumPy's OpenBLAS ({', '.join(_CBLAS.gemm.values())})" if _CBLAS else "Numba np.dot"
 # whether ``matmul_acc`` adds into its output in place (gemm's β = 1), so that a
 # kernel gains by folding an update into a product
 FOLDS = _CBLAS is not None
@@ -141,18 +133,6 @@ def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     return sig, _cblas_codegen(name, c.dtype, "eeiiifaiaifai")
 
 
-@intrinsic
-def _syrk(typingctx, uplo, trans, n, k, alpha, a, lda, beta, c, ldc):
-    """One triangle (``uplo``) of c ← alpha·op(a)·op(a)ᵀ + beta·c by CBLAS ?syrk
-    (row-major): half a gemm's multiply-adds for a Gram matrix."""
-    if not _cblas_operands(getattr(c, "dtype", None), a, c):
-        return None
-    name = _CBLAS.syrk[str(c.dtype)]
-    intp, f64 = types.intp, types.float64
-    sig = types.void(intp, intp, intp, intp, f64, a, intp, f64, c, intp)
-    return sig, _cblas_codegen(name, c.dtype, "eeiifaifai")
-
-
 # _nrt=True stated, not left to the default: a function that does not state it
 # inherits the setting of the first kernel that calls it (Numba's flag
 # inheritance), and the training kernels run without reference counting, where
@@ -175,6 +155,30 @@ def _operand(x, itemsize):
     return 0, 0
 
 
+# OpenBLAS's float32 gemm (0.3.31, SkylakeX kernels, on this AMD EPYC) is slow on a
+# short, wide product whose right operand is a transpose: a batch's forward
+# product x·Wᵀ. The same product written as its transpose, W·xᵀ, into a scratch
+# block and copied back, took (one thread, medians; x batch×in, W out×in):
+#     x·Wᵀ  8×784 by 784×256: 126 → 66 µs;  32×784 by 784×256: 217 → 149
+#           32×512 by 512×512: 281 → 197;   64×784 by 784×256: 334 → 285
+# From 128 rows on, or with fewer than 128 columns, or in float64, the copy costs
+# more than it saves (256×784 by 784×256: 1,055 → 1,122; float64 32×784 by
+# 784×256: 299 → 313), so only that corner takes the detour.
+TRANSPOSED_MAX_ROWS = 64
+TRANSPOSED_MIN_COLS = 128
+
+
+@numba.njit(cache=True, error_model="numpy", _nrt=True)
+def _gemm_transposed(a, lda, b, ldb, out, alpha):
+    """out ← alpha·a·b for a row-major a and a transposed b (b = Wᵀ), by the
+    transposed product W·aᵀ into a scratch block, then copied back."""
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    scratch = np.empty((n, m), out.dtype)
+    # b.T is W itself (row-major, leading dimension ldb): the same data pointer
+    _gemm(_NO_TRANS, _TRANS, n, m, k, float(alpha), b.T, ldb, a, lda, 0.0, scratch, m)
+    out[:, :] = scratch.T
+
+
 @numba.njit(cache=True, error_model="numpy", _nrt=True)
 def _gemm_into(a, b, out, alpha, beta):
     """out ← alpha·a·b + beta·out by one CBLAS gemm; False (nothing done) when a
@@ -186,6 +190,16 @@ def _gemm_into(a, b, out, alpha, beta):
     if ta == 0 or tb == 0 or tc != _NO_TRANS:
         return False
     m, n, k = a.shape[0], b.shape[1], a.shape[1]
+    if (
+        size == 4
+        and beta == 0.0
+        and ta == _NO_TRANS
+        and tb == _TRANS
+        and m <= TRANSPOSED_MAX_ROWS
+        and n >= TRANSPOSED_MIN_COLS
+    ):
+        _gemm_transposed(a, lda, b, ldb, out, alpha)
+        return True
     _gemm(ta, tb, m, n, k, float(alpha), a, lda, b, ldb, float(beta), out, ldc)
     return True
 
@@ -223,55 +237,6 @@ def _matmul_acc_cblas(a, b, out, alpha):
 def _matmul_acc_dot(a, b, out, alpha):
     """out += alpha · a · b (the product in a temporary: np.dot has no β)."""
     out += alpha * np.dot(a, b)
-
-
-@numba.njit(cache=True, error_model="numpy", _nrt=True)
-def _gram_sq_cblas(a, b, work):
-    """‖aᵀ·b‖² (squared Frobenius norm) without forming aᵀ·b: for a (n×r) and
-    b (n×c), Σᵢⱼ (aaᵀ)ᵢⱼ·(bbᵀ)ᵢⱼ, from the upper triangles of the two n×n Gram
-    matrices, made by CBLAS syrk in ``work`` (2 × ≥ n²). n²·(r + c)/2
-    multiply-adds instead of reading r·c entries; exact but for rounding, summed
-    in float64 (never below 0: the sum of a positive semidefinite Hadamard
-    product, whatever rounding says). Rows that are not contiguous are copied
-    first and go to np.dot's two gemms."""
-    n = a.shape[0]
-    ta, lda = _operand(a, a.itemsize)
-    tb, ldb = _operand(b, b.itemsize)
-    if ta != _NO_TRANS or tb != _NO_TRANS:  # (copies: np.dot is slow on strided rows)
-        return _gram_sq_dot(np.ascontiguousarray(a), np.ascontiguousarray(b), work)
-    ga = work[0, : n * n].reshape(n, n)
-    gb = work[1, : n * n].reshape(n, n)
-    _syrk(_UPPER, _NO_TRANS, n, a.shape[1], 1.0, a, lda, 0.0, ga, n)
-    _syrk(_UPPER, _NO_TRANS, n, b.shape[1], 1.0, b, ldb, 0.0, gb, n)
-    diag = 0.0
-    off = 0.0  # each entry above the diagonal stands for two
-    for i in range(n):
-        diag += float(ga[i, i]) * float(gb[i, i])
-        for j in range(i + 1, n):
-            off += float(ga[i, j]) * float(gb[i, j])
-    return max(diag + 2.0 * off, 0.0)
-
-
-@numba.njit(cache=True, error_model="numpy", _nrt=True)
-def _gram_sq_dot(a, b, work):
-    """``gram_sq`` by np.dot: both n×n Gram matrices in full."""
-    n = a.shape[0]
-    ga = work[0, : n * n].reshape(n, n)
-    gb = work[1, : n * n].reshape(n, n)
-    np.dot(a, a.T, ga)
-    np.dot(b, b.T, gb)
-    s = 0.0
-    for i in range(n):
-        for j in range(n):
-            s += float(ga[i, j]) * float(gb[i, j])
-    return max(s, 0.0)
-
-
-# ‖aᵀ·b‖² for a (n×r), b (n×c), work (2 × ≥ n²). Two functions, one bound here,
-# like matmul: a function cached on disk must not call whichever function a
-# global names in the process that compiled it (a CBLAS call cached by one
-# process would crash another that never loaded the library).
-gram_sq = _gram_sq_cblas if _CBLAS else _gram_sq_dot
 
 
 # out += alpha · a · b (2-d arrays, out C-contiguous)

@@ -59,8 +59,8 @@ INLINE_MAX_ENTRIES = 1024
 STACK_MAX_ENTRIES = 2048
 # Plain gradient descent folded into a weight's gradient product (CBLAS gemm
 # with β = 1 adds −η·scale·Σₙ δₙxₙᵀ into W): no gradient written, no pass for its
-# norm, no update pass. The norm comes from Gram matrices instead (runtime.gram_sq),
-# n²·(rows + cols)/2 multiply-adds (syrk: upper triangles), so the fold pays for
+# norm, no update pass. The norm comes from the rows' dot products instead
+# (runtime.gram_sq), n²·(rows + cols)/2 multiply-adds, so the fold pays for
 # small batches only: from FOLD_MIN_BATCH (where the product goes to BLAS) while
 # n²·(1/rows + 1/cols) ≤ FOLD_GRAM_RATIO. Measured first with full Gram matrices
 # by gemm (ratio 12 then) on a 784×256 weight (gemm + norm + update against Gram
@@ -75,7 +75,10 @@ STACK_MAX_ENTRIES = 2048
 # 393 µs) and the ratio doubled to 24: at batch 64 (784×256, ratio 21) float32
 # 746 against 777 unfolded, float64 1,509 against 1,505; 512-512-512-10 float64
 # 5,277 against 5,331; at batch 96 (ratio 47) even in float32, float64 2,190
-# against 2,131.
+# against 2,131. Gram matrices by gradc's own blocked loops instead of syrk (2–2.5×
+# faster at n = 32…64) moved no crossing: 784-256-10 float32, fit, µs per step,
+# ratio 24 against 100 (folding up to n = 139) in one process: batch 96 1,130
+# against 1,114, batch 128 1,595 against 1,587 (even).
 FOLD_MIN_BATCH = 8
 FOLD_GRAM_RATIO = 24.0
 FOLD_MIN_ENTRIES = 8192
@@ -392,10 +395,6 @@ class TrainPrinter:
         self._folded = self.folded_gradients(rule, fused)
         before = []
         if self._folded:
-            most = max(self._folded.values())
-            before.append(
-                f"gram = np.empty((2, {most * most}), F)  # Gram matrices of folded norms"
-            )
             before += [f"bound{k} = math.inf  # max |p{k}| at most this" for k in self._folded]
         if rows:
             before.append("# one sample's values and δ: rows on the stack, reused by every sample")
@@ -449,11 +448,10 @@ class TrainPrinter:
         data = self.data_names()
         full = [n.upper() for n in data]
         gather = [f"{n}buf" for n in data]
-        # no reference counting unless the kernel allocates (the folded norms'
-        # Gram matrices): each data slice's view would otherwise take an atomic
-        # increment and decrement per step (3-4-2 ReLU-CE at batch 1: 77 → 71 ns)
-        decorator = _DECORATOR_TRAIN if self._folded else _DECORATOR_REASSOC
-        with self.train_loop(out, "train", args, decorator, before) as loop_at:
+        # no reference counting (the kernel allocates nothing): each data slice's
+        # view would otherwise take an atomic increment and decrement per step
+        # (3-4-2 ReLU-CE at batch 1: 77 → 71 ns)
+        with self.train_loop(out, "train", args, _DECORATOR_REASSOC, before) as loop_at:
             if data:
                 out("if shuffle:")
                 with out.indent():
@@ -622,7 +620,7 @@ class TrainPrinter:
         out(f"if {self._fold_test(k)}:")
         with out.indent():
             out(f"# ∂L/∂{label} is formed in its update: ‖Σₙ δₙxₙᵀ‖² = Σᵢⱼ (δᵢ·δⱼ)(xᵢ·xⱼ)")
-            out(f"sq = gram_sq({self._rows(a)}, {self._rows(b)}, gram)")
+            out(f"sq = gram_sq({self._rows(a)}, {self._rows(b)})")
         out("else:")
         with out.indent():
             self.statement(out, self.deriv.grads[k])
@@ -667,9 +665,10 @@ def _tuple(items) -> str:
 # (Numba's flag inheritance), so a shared step function's rounding would depend on
 # which kernel compiled it first
 _DECORATOR = '@numba.njit(cache=True, error_model="numpy", fastmath=False)'
-# the row training kernel: FMA contraction (a·b + c rounded once) and reassoc
-# (the norm and finiteness sums in the inline update sweep vectorise); no
-# nnan/ninf, so every non-finite check stays exact
-_DECORATOR_TRAIN = '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})'
-# the same without reference counting (kernels and helpers that allocate nothing)
-_DECORATOR_REASSOC = _DECORATOR_TRAIN[:-1] + ", _nrt=False)"
+# the row training kernel (and helpers that allocate nothing): FMA contraction
+# (a·b + c rounded once) and reassoc (the norm and finiteness sums in the inline
+# update sweep vectorise); no nnan/ninf, so every non-finite check stays exact;
+# no reference counting
+_DECORATOR_REASSOC = (
+    '@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False)'
+)

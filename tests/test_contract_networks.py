@@ -515,16 +515,18 @@ def test_blas_loop_and_fused_paths_against_the_delta_recursion(acts, loss_name):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_sgd_folded_into_the_weight_gradient_product(dtype, monkeypatch):
-    """Plain SGD at batch sizes 8…13 on a 24-48-3 network (FOLD_MIN_ENTRIES lowered
-    so that its 48×24 W1 folds): the gradient product adds −lr·scale·Σₙ δₙxₙᵀ into
-    W1 itself (gemm with β = 1) and the norm comes from Gram matrices. 21 rows in
+    """Plain SGD at batch sizes 8…13 on a 24-130-3 network (FOLD_MIN_ENTRIES lowered
+    so that its 130×24 W1 folds): the gradient product adds −lr·scale·Σₙ δₙxₙᵀ into
+    W1 itself (gemm with β = 1) and the norm comes from Gram matrices (and in
+    float32 the forward product x·W1ᵀ is taken as W1·xᵀ, blas._gemm_transposed,
+    inside a kernel without reference counting). 21 rows in
     batches of 10, 10 and 1 (the batch-of-one sweep), two epochs, with clip_norm
     chosen to clip some steps: parameters, losses and every step's per-parameter
     gradient norms against the NumPy δ recursion."""
     from gradc.kernels import blas, cpu_train
 
     monkeypatch.setattr(cpu_train, "FOLD_MIN_ENTRIES", 1)
-    widths, acts = [24, 48, 3], ["tanh", "sigmoid"]
+    widths, acts = [24, 130, 3], ["tanh", "sigmoid"]
     net, values = _net_and_params(widths, acts, seed=47, scale=0.3)
     prog = gc.compile(net, loss=gc.mse, dtype=dtype)
     train = prog.source["train"]
@@ -534,7 +536,7 @@ def test_sgd_folded_into_the_weight_gradient_product(dtype, monkeypatch):
     X, Y = _data(widths, "mse", 21, 47)
     if dtype == "float32":
         X, Y = X.astype(np.float32), Y.astype(np.float32)
-    lr, clip, bs = 0.2, 1.1, 10
+    lr, clip, bs = 0.2, 2.5, 10
     params = prog.init(values)
     start = {k: np.asarray(v, np.float64).copy() for k, v in params.items()}
     hist = prog.fit(

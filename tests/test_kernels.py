@@ -236,13 +236,24 @@ def test_vexp_matches_numpy_exp_to_one_ulp():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_every_operand_layout_against_numpy(dtype):
     """kernels/blas.py: out = a·b for row-major and transposed operands (passed to
-    CBLAS as flags), single rows and columns, row slices of a larger buffer, and a
-    strided view it hands to np.dot, against the float64 NumPy product."""
+    CBLAS as flags), single rows and columns, row slices of a larger buffer, a
+    strided view it hands to np.dot, and the short, wide float32 products it takes
+    as their transpose, against the float64 NumPy product."""
     from gradc.kernels.blas import matmul
 
     rng = np.random.default_rng(5)
     tol = 1e-5 if dtype == np.float32 else 1e-13
-    for m, k, n in ((9, 40, 7), (1, 5, 3), (6, 1, 4), (5, 3, 1), (1, 1, 1)):
+    # (17, 50, 130) and (64, 9, 128): float32 x·Wᵀ as W·xᵀ (blas._gemm_transposed)
+    for m, k, n in (
+        (9, 40, 7),
+        (1, 5, 3),
+        (6, 1, 4),
+        (5, 3, 1),
+        (1, 1, 1),
+        (17, 50, 130),
+        (64, 9, 128),
+        (65, 9, 128),
+    ):
         A = rng.standard_normal((m, k)).astype(dtype)
         B = rng.standard_normal((k, n)).astype(dtype)
         for a in (A, np.asfortranarray(A)):
@@ -251,6 +262,13 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
                 matmul(a, b, out)
                 want = a.astype(np.float64) @ b.astype(np.float64)
                 np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    # row slices of wider buffers (leading dimensions 60 and 70), Wᵀ a view
+    a = rng.standard_normal((20, 60)).astype(dtype)[:16, :50]
+    b = rng.standard_normal((140, 70)).astype(dtype)[:, :50].T
+    out = np.full((16, 140), np.nan, dtype)
+    matmul(a, b, out)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
     big = rng.standard_normal((30, 20)).astype(dtype)
     W = rng.standard_normal((20, 6)).astype(dtype)
     for a, b in ((big[:11], W), (big[::2, ::2], W[:10])):  # a row slice; a strided view

@@ -262,6 +262,12 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
                 matmul(a, b, out)
                 want = a.astype(np.float64) @ b.astype(np.float64)
                 np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    # no rows: nothing to compute, and no error from BLAS's argument checks
+    matmul(
+        np.zeros((0, 9), dtype),
+        rng.standard_normal((130, 9)).astype(dtype).T,
+        np.zeros((0, 130), dtype),
+    )
     # row slices of wider buffers (leading dimensions 60 and 70), Wᵀ a view
     a = rng.standard_normal((20, 60)).astype(dtype)[:16, :50]
     b = rng.standard_normal((140, 70)).astype(dtype)[:, :50].T

@@ -175,7 +175,7 @@ def _gemm_transposed(a, lda, b, ldb, out, alpha):
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
     scratch = np.empty((n, m), out.dtype)
     # b.T is W itself (row-major, leading dimension ldb): the same data pointer
-    _gemm(_NO_TRANS, _TRANS, n, m, k, float(alpha), b.T, ldb, a, lda, 0.0, scratch, m)
+    _gemm(_NO_TRANS, _TRANS, n, m, k, float(alpha), b.T, ldb, a, lda, 0.0, scratch, max(m, 1))
     # plain loops, not ``out[:, :] = scratch.T``: a kernel that calls matmul links
     # this function's code into its own module, and Numba's generic array
     # assignment made every such kernel's compile ~0.45 s longer (64-32-10's

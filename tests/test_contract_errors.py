@@ -372,22 +372,27 @@ def test_update_overflow_is_caught_and_undone(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_update_overflow_in_the_batch_of_one_sweep_is_caught(dtype):
-    """W (30×40, 1,200 entries) trained at batch 1: its update sweep also forms the
-    next sample's W·x and checks the new values through that dot product (no
-    per-entry check). x = 5, W = 1: the gradient (Wx − y)·xᵀ ≈ 1,000 per entry,
-    finite; the new values overflow. fit stops at step 1 and W goes back."""
-    x, y = sp.MatrixSymbol("xs", 40, 1), sp.MatrixSymbol("ys", 30, 1)
-    W = sp.MatrixSymbol("Wsweep", 30, 40)
+@pytest.mark.parametrize("rows", [30, 31])
+def test_update_overflow_in_the_batch_of_one_sweep_is_caught(dtype, rows):
+    """W (30×40 or 31×40, over 1,024 entries) trained at batch 1: its update sweep
+    (rows in pairs, an odd last row alone) also forms the next sample's W·x and
+    checks the new values through that dot product (no per-entry check). x = 5,
+    W = 1: the gradient (Wx − y)·xᵀ ≈ 1,000 per entry, finite; the new values
+    overflow (with 31 rows only in the last: y fits the others exactly). fit stops
+    at step 1 and W goes back."""
+    x, y = sp.MatrixSymbol("xs", 40, 1), sp.MatrixSymbol("ys", rows, 1)
+    W = sp.MatrixSymbol("Wsweep", rows, 40)
     prog = gc.compile(gc.mse(W * x, y), params=[W], inputs=[x], targets=[y], dtype=dtype)
     assert "step_outer_dot" in prog.source["train"]  # the sweep under test
-    params = {"Wsweep": np.ones((30, 40))}
-    X, Y = np.full((4, 40), 5.0), np.zeros((4, 30))
+    params = {"Wsweep": np.ones((rows, 40))}
+    X, Y = np.full((4, 40), 5.0), np.zeros((4, rows))
+    if rows % 2:
+        Y[:, :-1] = 200.0  # = W·x: no gradient but in the last row
     lr = 1e36 if dtype == "float32" else 1e306
     with pytest.raises(gc.GradcError, match=r"update step 1 .*param") as ei:
         prog.fit(params, X, Y, optimizer=gc.SGD(lr=lr), batch_size=1, shuffle=False)
     _assert_step_message(_msg(ei))
-    np.testing.assert_array_equal(params["Wsweep"], np.ones((30, 40)))
+    np.testing.assert_array_equal(params["Wsweep"], np.ones((rows, 40)))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

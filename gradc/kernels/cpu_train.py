@@ -271,10 +271,11 @@ class TrainPrinter:
                 out("bad = False" if self.float32 else "bad = 0")
                 if outer and not form.states:
                     # rows in pairs: one sweep over the columns reads b[c] (and xn[c])
-                    # once for both. 257×784, µs, one process: plain SGD with the
-                    # dot float32 20.3 → 13.0, float64 39.0 → 27.3; without 17.0 →
-                    # 11.1, 36.0 → 31.4. Adam's four state streams gain nothing
-                    # (62.8 → 66.4 in float32), so rules with state keep single rows.
+                    # once for both. Plain SGD on 257×784, µs, old and new side by
+                    # side in one process, four runs: with the dot float32 ~20 →
+                    # 13–17.5, float64 34–39 → 27–33; without it 17–18 → 11–15,
+                    # float64 even. Adam's state streams gain nothing (62.8 → 66.4
+                    # in float32), so rules with state keep single rows.
                     out("rows = p.shape[0]")
                     out("for r in range(0, rows - rows % 2, 2):")
                     with out.indent():

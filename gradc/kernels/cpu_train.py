@@ -274,8 +274,9 @@ class TrainPrinter:
                     # once for both. Plain SGD on 257×784, µs, old and new side by
                     # side in one process, four runs: with the dot float32 ~20 →
                     # 13–17.5, float64 34–39 → 27–33; without it 17–18 → 11–15,
-                    # float64 even. Adam's state streams gain nothing (62.8 → 66.4
-                    # in float32), so rules with state keep single rows.
+                    # float64 even. Rules with state gain nothing (Adam float32
+                    # 62.8 → 66.4; momentum float32 27.7–30.7 → 26.2–26.9, float64
+                    # 55 → 54–59), so they keep single rows.
                     out("rows = p.shape[0]")
                     out("for r in range(0, rows - rows % 2, 2):")
                     with out.indent():

@@ -147,6 +147,37 @@ def test_wrong_Y_shape_names_target(progq, qparams, qdata, call):
     assert_dicts_close(qparams, before, rtol=0, atol=0)
 
 
+def test_data_arrays_pass_ready_arrays_through_and_check_the_rest():
+    """program/data.py's shortcut (one input and one target as C-contiguous arrays of
+    the program's dtype) gives back the caller's own arrays; every other form takes
+    the general path, which converts or names the fault."""
+    from gradc.program.data import data_arrays
+
+    x, y = sp.MatrixSymbol("xd", 3, 1), sp.MatrixSymbol("yd", 2, 1)
+    W = sp.MatrixSymbol("Wd", 2, 3)
+    prog = gc.compile(gc.mse(W * x, y), params=[W], inputs=[x], targets=[y])
+    ins, tgs, dt = prog.graph.inputs, prog.graph.targets, prog.dtype
+    X, Y = np.ones((4, 3)), np.ones((4, 2))
+    arrays, n = data_arrays(ins, tgs, X, Y, dt)
+    assert arrays[0] is X and arrays[1] is Y and n == 4
+    for other in (X.astype(np.float32), np.asfortranarray(X)):  # converted, a copy
+        arrays, n = data_arrays(ins, tgs, other, Y, dt)
+        assert arrays[0].dtype == np.float64 and arrays[0].flags.c_contiguous and n == 4
+    bad = X.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(gc.GradcError, match=r"'xd' contains NaN or inf \(first in row 2\)"):
+        data_arrays(ins, tgs, bad, Y, dt)
+    assert data_arrays(ins, tgs, bad, Y, dt, check=False)[0][0] is bad  # fit checks later
+    for bad_X, bad_Y, fault in (
+        (np.ones((0, 3)), np.ones((0, 2)), "empty"),
+        (np.ones((4, 2)), Y, "'xd'"),
+        (X, np.ones((4, 3)), "'yd'"),
+        (X, np.ones((5, 2)), "different numbers of samples"),
+    ):
+        with pytest.raises(gc.GradcError, match=fault):
+            data_arrays(ins, tgs, bad_X, bad_Y, dt)
+
+
 def test_wrong_X_shape_predict(progq, qparams):
     with pytest.raises(gc.GradcError) as ei:
         progq.predict(qparams, np.ones((5, 2)))

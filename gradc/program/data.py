@@ -170,11 +170,38 @@ def _checked(
     return out
 
 
+def _ready_pair(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype) -> int:
+    """n when one input and one target come as C-contiguous (n, entries) arrays of
+    ``dtype`` already (what the general path would return unchanged), else 0:
+    ``fit`` checks its data at every call, and the general path costs ~5 µs, as
+    much as 50 steps of a tiny network."""
+    if len(inputs) != 1 or len(targets) != 1 or type(X) is not np.ndarray:
+        return 0
+    if type(Y) is not np.ndarray or X.ndim != 2 or Y.ndim != 2:
+        return 0
+    n = X.shape[0]
+    if (
+        n == 0
+        or Y.shape[0] != n
+        or X.shape[1] != inputs[0].size
+        or Y.shape[1] != targets[0].size
+        or X.dtype != dtype
+        or Y.dtype != dtype
+        or not (X.flags.c_contiguous and Y.flags.c_contiguous)
+    ):
+        return 0
+    return n
+
+
 def data_arrays(
     inputs: list[Leaf], targets: list[Leaf], X, Y, dtype, *, need_targets=True, check=True
 ):
     """Per-leaf (n, entries) arrays, in the order inputs then targets, and n;
     ``check``: GradcError for NaN or inf (else the caller's to find)."""
+    if (ready := _ready_pair(inputs, targets, X, Y, dtype)) and not (
+        check and first_nonfinite((X, Y)) >= 0
+    ):
+        return [X, Y], ready
     xs = _split("input", X, inputs)
     if need_targets or Y is not None:
         ys = _split("target", Y, targets)

@@ -500,6 +500,19 @@ def test_gradient_too_large_to_measure_is_undone_with_its_update():
     assert float(params["wbig"]) == -0.75
 
 
+def test_nonfinite_loss_with_a_finite_gradient_is_undone_with_its_update():
+    """J = x³ + w: ∂J/∂w = 1 at every sample, but at x = 1e103 the loss x³
+    overflows. The training kernel tests a step once, after its update (w − lr,
+    finite): fit must name the loss, undo that step and keep the two before it."""
+    wv, xv = sp.symbols("wcube xcube")
+    prog = gc.compile(xv**3 + wv, params=[wv], inputs=[xv])
+    params = {"wcube": np.array(0.25)}
+    X = np.array([1.0, 2.0, 1e103, 3.0])
+    with pytest.raises(gc.GradcError, match=r"update step 3 .*loss became non-finite"):
+        prog.fit(params, X, optimizer=gc.SGD(lr=0.5), epochs=1, batch_size=1, shuffle=False)
+    assert float(params["wcube"]) == 0.25 - 2 * 0.5
+
+
 def test_divergence_exp_objective():
     """J = exp(w^2) from w = 2, lr = 1: step 1 lands at w = 2 - 4e^4 (finite);
     the loss there, exp(~46800), overflows."""

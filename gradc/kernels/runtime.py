@@ -29,6 +29,7 @@ __all__ = [
     "seed_base",
     "shuffle_epoch",
     "shuffle_rows",
+    "step_failure",
     "sum_squares",
     "sum_squares_into",
 ]
@@ -213,6 +214,18 @@ def rows_finite(a):
         for c in range(a.shape[1]):
             acc += a[r, c] - a[r, c]
     return acc == 0.0
+
+
+@numba.njit(**_LIGHT)
+def step_failure(loss, total):
+    """A training step's status once its one finiteness test failed (the loss,
+    the gradients' squared norms and the new parameter values, summed): 1 the
+    loss, else 2 a gradient norm, else 3 a new parameter value is not finite."""
+    if not math.isfinite(loss):
+        return 1
+    if not math.isfinite(total):
+        return 2
+    return 3
 
 
 @numba.njit(**_LIGHT)

@@ -470,8 +470,8 @@ class Program:
                     refuse_data()
                 ran = (at if status else stop) - start
                 # undo the failed step: replay the good ones from the backup (the
-                # kernel may have updated before it found a gradient non-finite: 2)
-                if status in (2, 3):
+                # kernel tests a step once, after its update)
+                if status in (1, 2, 3):
                     for dst, src in zip(saved, backup):
                         np.copyto(dst, src)
                     args[slot["stop"]] = at

@@ -91,7 +91,12 @@ class _Base:
 
 
 class Fit(_Base):
-    """``prog.fit(params, X, Y, optimizer=gc.SGD(lr), epochs=1, batch_size=B, shuffle=False)``."""
+    """``prog.fit(params, X, Y, optimizer=opt, epochs=1, batch_size=B, shuffle=False)``,
+    ``opt = gc.SGD(lr)`` made once (as torch.optim.SGD is for the PyTorch peers)."""
+
+    def __init__(self, case: Case, P0, X, Y):
+        super().__init__(case, P0, X, Y)
+        self.opt = self.gc.SGD(case.lr)
 
     def epoch(self):
         c = self.case
@@ -99,7 +104,7 @@ class Fit(_Base):
             self.P,
             self.X,
             self.Y,
-            optimizer=self.gc.SGD(c.lr),
+            optimizer=self.opt,
             epochs=1,
             batch_size=c.batch,
             shuffle=False,

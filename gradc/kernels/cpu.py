@@ -875,7 +875,7 @@ def _transposed(operand: str) -> str:
 # (an external function it calls by name) is never loaded with the other
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
-    "abs_bound, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
+    "abs_bound, copy_into, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
     " matmul, matmul_acc, rows_finite, shuffle_epoch, step_failure, sum_squares, sum_squares_into,"
     " vexp"
     f"  # matmul: {BLAS}"

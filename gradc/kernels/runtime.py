@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from .blas import matmul, matmul_acc
 
 __all__ = [
     "abs_bound",
+    "copy_into",
     "gram_sq",
     "matmul",
     "matmul_acc",
@@ -24,6 +26,7 @@ __all__ = [
     "fill_zero_each",
     "gather_rows",
     "gather_columns",
+    "entries_finite",
     "local_row",
     "rows_finite",
     "seed_base",
@@ -45,6 +48,7 @@ SEED_STRIDE = 1_000_003
 _SEED_MASK = np.uint64(2**63 - 1)
 
 
+@functools.lru_cache(maxsize=64)  # fit asks at every call: ~0.3 µs each
 def seed_base(seed: int) -> np.uint64:
     """(seed·SEED_STRIDE) mod 2⁶³: epoch e's shuffle seed is (seed_base + e) mod 2⁶³.
 
@@ -203,6 +207,14 @@ def fill_zero(a):
             a[r, c] = 0
 
 
+@numba.njit(**_LIGHT)
+def copy_into(dst, src):
+    """dst[...] = src for 2-d arrays of one shape (slice assignment compiles slowly)."""
+    for r in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            dst[r, c] = src[r, c]
+
+
 @numba.njit(**_LIGHT, fastmath={"reassoc"})
 def rows_finite(a):
     """Whether every entry of a 2-d array is finite: Σ (x − x) is 0, or NaN when an
@@ -226,6 +238,13 @@ def step_failure(loss, total):
     if not math.isfinite(total):
         return 2
     return 3
+
+
+@numba.njit(**_LIGHT, fastmath={"reassoc"})
+def entries_finite(a):
+    """Whether every entry of a C-contiguous array is finite: rows_finite over its
+    entries as one row (a view made here, not in Python: ~0.15 µs less a call)."""
+    return rows_finite(a.reshape((1, a.size)))
 
 
 @numba.njit(**_LIGHT)

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import GradcError
 from ..kernels.runtime import seed_base, shuffle_epoch
 from .history import History
-from .program import _STATUS, FitPlan, Program, _epoch_means, _progress
+from .program import _STATUS, FitPlan, Program, _progress
 
 __all__ = ["CHUNK", "CudaProgram", "require_cuda"]
 
@@ -287,7 +287,7 @@ class CudaProgram(Program):
             norms = np.concatenate(norm_parts) if norm_parts else np.zeros((0, nparams))
             history.set_squared_norms(norms, self._param_names)
             if has_data:
-                history.epoch_loss, history.samples = _epoch_means(history.loss, plan)
+                history.batches = (plan.nrows, plan.bs, plan.nbatches)
             history.path = path
             history.weights = list(self._weight_names)
         self._copy_back(dev_p, dev_s, p, states)

@@ -13,7 +13,7 @@ import sympy as sp
 
 from ..errors import GradcError
 from ..graph.nodes import Leaf
-from ..kernels.runtime import rows_finite
+from ..kernels.runtime import entries_finite
 
 __all__ = ["all_finite", "data_arrays", "first_nonfinite", "key_name", "param_array"]
 
@@ -92,11 +92,18 @@ def first_nonfinite(arrays) -> int:
 
 
 def _finite(arr: np.ndarray) -> bool:
-    if arr.dtype.kind != "f":  # integers and booleans are finite
+    dtype = arr.dtype
+    if dtype is _F64 or dtype is _F32:  # the common case: a program's own dtype
+        if arr.flags.c_contiguous:
+            return entries_finite(arr)
+    elif dtype.kind != "f":  # integers and booleans are finite
         return True
-    if arr.dtype.itemsize in (4, 8) and arr.flags.c_contiguous and arr.size:
-        return rows_finite(arr.reshape(1, -1))  # (a no-copy view)
+    elif dtype.itemsize in (4, 8) and arr.flags.c_contiguous:
+        return entries_finite(arr)
     return bool(np.isfinite(arr).all())
+
+
+_F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)
 
 
 def all_finite(arr: np.ndarray) -> bool:

@@ -68,7 +68,8 @@ def diagnose(
         return found
     pair = len(weights) >= 2
     first, last = (weights[0], weights[-1]) if pair else (names[0], names[0])
-    norms = np.ascontiguousarray(norms, dtype=np.float64)
+    if norms.dtype != np.float64 or not norms.flags.c_contiguous:
+        norms = np.ascontiguousarray(norms, dtype=np.float64)
     top, bottom, early, late = _statistics(
         norms, names.index(first), names.index(last), steps // 10, SAMPLES, squared
     )

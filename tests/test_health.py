@@ -110,3 +110,23 @@ def test_statistics_are_numpy_medians_of_evenly_spaced_steps(steps):
         for squared, given in ((False, norms), (True, norms**2)):
             got = _statistics(np.ascontiguousarray(given), 0, 3, tenth, SAMPLES, squared)
             np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_upper_middle_is_the_sorted_middle_entry():
+    """The quickselect behind the medians against np.sort, on random, sorted,
+    few-valued and constant arrays of 1…80 entries."""
+    from gradc.program.health import _upper_middle
+
+    rng = np.random.default_rng(1)
+    for trial in range(2000):
+        n = int(rng.integers(1, 81))
+        kind = trial % 4
+        if kind == 0:
+            v = rng.standard_normal(n)
+        elif kind == 1:
+            v = rng.integers(0, 4, n).astype(np.float64)
+        elif kind == 2:
+            v = np.sort(rng.standard_normal(n))[:: 1 if trial % 8 < 4 else -1].copy()
+        else:
+            v = np.full(n, 2.0)
+        assert _upper_middle(v.copy()) == np.sort(v)[n // 2], (n, kind)

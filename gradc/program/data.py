@@ -184,16 +184,15 @@ def _ready_pair(inputs: list[Leaf], targets: list[Leaf], X, Y, dtype) -> int:
     much as 50 steps of a tiny network."""
     if len(inputs) != 1 or len(targets) != 1 or type(X) is not np.ndarray:
         return 0
-    if type(Y) is not np.ndarray or X.ndim != 2 or Y.ndim != 2:
+    if type(Y) is not np.ndarray:
         return 0
-    n = X.shape[0]
+    n = len(X)
     if (
         n == 0
-        or Y.shape[0] != n
-        or X.shape[1] != inputs[0].size
-        or Y.shape[1] != targets[0].size
-        or X.dtype != dtype
-        or Y.dtype != dtype
+        or X.shape != (n, inputs[0].size)
+        or Y.shape != (n, targets[0].size)
+        or not (X.dtype is dtype or X.dtype == dtype)
+        or not (Y.dtype is dtype or Y.dtype == dtype)
         or not (X.flags.c_contiguous and Y.flags.c_contiguous)
     ):
         return 0

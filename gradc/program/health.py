@@ -130,17 +130,32 @@ def _statistics(norms, first, last, tenth, samples, squared):
 
 @numba.njit(cache=True, error_model="numpy")
 def _upper_middle(values):
-    """The upper middle of ``values``, sorted in place by insertion: at most
-    ~2·SAMPLES numbers, and np.sort's quicksort costs ~1.5 s of Numba compile
-    the first time gradc runs on a machine (this, ~0.1 s)."""
-    for i in range(1, len(values)):
-        v = values[i]
-        j = i - 1
-        while j >= 0 and values[j] > v:
-            values[j + 1] = values[j]
-            j -= 1
-        values[j + 1] = v
-    return values[len(values) // 2]
+    """The upper middle of ``values`` (reordered in place) by quickselect: at most
+    ~2·SAMPLES numbers, in ~3n comparisons (an insertion sort of 64 took ~0.4 µs
+    of every fit call; np.sort or np.partition cost ~1.5 s of Numba compile the
+    first time gradc runs on a machine)."""
+    want = len(values) // 2
+    lo, hi = 0, len(values) - 1
+    while lo < hi:
+        pivot = values[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        # values[lo..j] ≤ pivot ≤ values[i..hi], and lo..hi still holds ``want``
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            break
+    return values[want]
 
 
 def warn_if_unhealthy(found: list[str]) -> None:

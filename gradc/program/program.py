@@ -268,16 +268,17 @@ class Program:
         """The common case, checked in ~1 µs (fit checks at every call): a dict with
         exactly the parameter names as keys, each holding an array the kernels take
         as it is (what ``init`` returns). None otherwise."""
-        if type(params) is not dict or len(params) != len(self._param_names):
+        names = self._param_names
+        if type(params) is not dict or len(params) != len(names):
             return None
-        out = [params.get(name) for name in self._param_names]
         last = self._as_given
         if last is not None:  # the arrays of the last call (held there: no id reuse)
-            for arr, old in zip(out, last):
-                if arr is not old:
+            for name, old in zip(names, last):
+                if params.get(name) is not old:
                     break
             else:
                 return last
+        out = [params.get(name) for name in names]
         dtype = self.dtype
         for arr, shape in zip(out, self._param_shapes):
             if not (

@@ -270,7 +270,10 @@ class LanesPrinter(CpuPrinter):
         loss = self.deriv.graph.loss
         out = _Lines()
         # reassociation lets the batch sums vectorise (a strict left-to-right sum cannot)
-        with self.train_loop(out, "train_lanes", args, _DECORATOR_REASSOC):
+        before = (
+            ["p_bound = math.inf  # see the step's end"] if self.inline_bounded(rule, {}) else []
+        )
+        with self.train_loop(out, "train_lanes", args, _DECORATOR_REASSOC, before):
             for name in data:
                 out(f"gather_columns({name}T, {name.upper()}, perm, lo, n, shuffle)")
             out("# ---- forward and backward, the batch innermost")

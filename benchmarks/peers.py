@@ -10,8 +10,9 @@ on networks 3-4-2, 64-32-10, 784-256-10, 512-512-512-10, batch sizes 1, 32,
 256, float64 (and float32 for 64-32-10 and 784-256-10). Peers, all fed the
 same initial weights (gradc's ``prog.init(seed=0)``) and the same data:
 
-    gradc_fit      prog.fit(params, X, Y, optimizer=gc.SGD(lr), epochs=1,
-                   batch_size=B, shuffle=False)    (the fused epoch kernel)
+    gradc_fit      prog.fit(params, X, Y, optimizer=opt, epochs=1,
+                   batch_size=B, shuffle=False)    (the fused epoch kernel;
+                   opt = gc.SGD(lr) made once, as PyTorch's optimizer is)
     gradc_vag      prog.value_and_grad + update, per step from Python
     numpy          the δ recursion by hand (the reference for the weights)
     numba_array    hand-written @njit epoch, array expressions and `@`
@@ -736,7 +737,8 @@ def render(data: dict) -> str:
         f"lr = {pc.LR}; mini-batches taken in order. Cases: {', '.join(pc.KINDS[k] + f' ({k})' for k in pc.KINDS)}. "
         "Every peer gets the same data and the same initial weights (gradc's "
         "`prog.init(seed=0)`, layout W (out, in), b (out, 1)). gradc is called as "
-        "`prog.fit(params, X, Y, optimizer=gc.SGD(lr), epochs=1, batch_size=B, shuffle=False)` "
+        "`prog.fit(params, X, Y, optimizer=opt, epochs=1, batch_size=B, shuffle=False)` "
+        "(`opt = gc.SGD(lr)` made once, as the PyTorch peers make their optimizer once) "
         "on `gc.compile(gc.Sequential(gc.Dense(a, b, gc.sigmoid | gc.relu), ..., "
         "gc.Dense(.., .., gc.sigmoid | gc.identity)), loss=gc.mse | gc.softmax_cross_entropy, "
         "dtype=...)`.",

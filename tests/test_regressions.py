@@ -270,3 +270,42 @@ def test_fit_with_many_scalar_parameters():
         prog.fit(params, np.ones(3), np.zeros(3), steps=1)  # observed: RecursionError
     except gc.GradcError:
         pass  # a clear refusal would be acceptable too
+
+
+def test_fit_again_after_the_caller_swaps_arrays_or_data():
+    """fit keeps the last call's parameter arrays, plan and kernel arguments and
+    finds them again by identity: a call after the caller put a new array into
+    the dict, or with more rows, must train the new array on the new data. The
+    reference is plain SGD on w·x (one weight, batch 1), by hand."""
+    wv, xv, yv = sp.symbols("wagain xagain yagain")
+    prog = gc.compile(gc.mse(wv * xv, yv), params=[wv], inputs=[xv], targets=[yv])
+    opt = gc.SGD(0.1)
+
+    def by_hand(w, X, Y):
+        for x, y in zip(X, Y):
+            w -= 0.1 * (w * x - y) * x
+        return w
+
+    X, Y = np.array([1.0, 2.0, 0.5]), np.array([2.0, 4.0, 1.0])
+    params = {"wagain": np.array([[0.25]])}
+    prog.fit(params, X, Y, optimizer=opt, batch_size=1, shuffle=False)
+    w1 = by_hand(0.25, X, Y)
+    assert params["wagain"].item() == pytest.approx(w1, rel=1e-14)
+    kept = params["wagain"]
+    params["wagain"] = np.array([[-1.0]])  # a new array in the same dict
+    prog.fit(params, X, Y, optimizer=opt, batch_size=1, shuffle=False)
+    assert params["wagain"].item() == pytest.approx(by_hand(-1.0, X, Y), rel=1e-14)
+    assert kept.item() == pytest.approx(w1, rel=1e-14)  # the old one untouched
+    X2, Y2 = np.array([1.0, -1.0, 3.0, 0.5, 2.0]), np.array([1.0, -2.0, 6.0, 0.0, 4.0])
+    w = params["wagain"].item()
+    hist = prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
+    assert params["wagain"].item() == pytest.approx(by_hand(w, X2, Y2), rel=1e-14)
+    assert hist.steps == 5 and hist.samples == 5
+    losses = hist.loss
+    assert hist.epoch_loss == pytest.approx([losses.mean()], rel=1e-14)
+    opt.values["lr"] = 0.05  # a changed hyperparameter reaches the kernel
+    w = params["wagain"].item()
+    prog.fit(params, X2, Y2, optimizer=opt, batch_size=1, shuffle=False)
+    for x, y in zip(X2, Y2):
+        w -= 0.05 * (w * x - y) * x
+    assert params["wagain"].item() == pytest.approx(w, rel=1e-14)

@@ -298,3 +298,26 @@ def test_hyperparameter_out_of_range_is_refused(make, named):
 def test_hyperparameter_edges_are_accepted():
     assert gc.SGD(0.0).values["lr"] == 0.0
     assert gc.Momentum(0.1, beta=0.0).values["beta"] == 0.0
+
+
+def test_a_stateless_rule_that_reads_t_counts_steps_across_fit_calls():
+    """θ ← θ − (lr/t)·g keeps no state but reads the step count t: a second fit
+    with the same optimizer goes on at t = 4. J = ½w² (g = w) from w = 1, by hand."""
+
+    class Decaying(gc.Optimizer):
+        hyper = {"lr": 0.5}
+
+        def rule(self, theta, g, s, h, t):
+            return {theta: theta - h.lr / t * g}
+
+    wd = sp.Symbol("wdecay")
+    prog = gc.compile(wd**2 / 2, params=[wd])
+    params = prog.init({wd: 1.0})
+    opt = Decaying()
+    prog.fit(params, steps=3, optimizer=opt)
+    prog.fit(params, steps=3, optimizer=opt)
+    w = 1.0
+    for t in range(1, 7):
+        w -= 0.5 / t * w
+    assert params["wdecay"].item() == pytest.approx(w, rel=1e-14)
+    assert not opt.update_rule.stateless and gc.SGD(0.1).update_rule.stateless

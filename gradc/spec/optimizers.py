@@ -52,6 +52,10 @@ class UpdateRule:
                     f"{type(opt).__name__}.rule uses unknown symbol(s) {sorted(map(str, extra))}"
                 )
             self.assignments.append((target, expr))
+        # nothing to keep between fit calls: no state, and the step count t unread
+        self.stateless = not self.state_syms and all(
+            self.t not in expr.free_symbols for _, expr in self.assignments
+        )
 
 
 _RULES: dict[type, UpdateRule] = {}

@@ -305,7 +305,7 @@ def test_a_stateless_rule_that_reads_t_counts_steps_across_fit_calls():
     with the same optimizer goes on at t = 4. J = ½w² (g = w) from w = 1, by hand."""
 
     class Decaying(gc.Optimizer):
-        hyper = {"lr": 0.5}
+        hyper = {"lr": 0.5}  # noqa: RUF012 (the documented way to declare them)
 
         def rule(self, theta, g, s, h, t):
             return {theta: theta - h.lr / t * g}

@@ -32,6 +32,8 @@ class History:
         Wall time of the training loop.
     samples : int
         Samples processed (for speed reports).
+    batches : tuple or None
+        (rows, batch size, batches per epoch) of the run's data; None without data.
     """
 
     loss: np.ndarray = field(default_factory=lambda: np.zeros(0))

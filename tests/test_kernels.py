@@ -233,6 +233,8 @@ def test_vexp_matches_numpy_exp_to_one_ulp():
         np.testing.assert_array_equal(out, np.exp(special))
 
 
+# strided operands compile np.dot's fallback, where Numba hints at contiguity
+@pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_every_operand_layout_against_numpy(dtype):
     """kernels/blas.py: out = a·b for row-major and transposed operands (passed to

@@ -309,3 +309,18 @@ def test_fit_again_after_the_caller_swaps_arrays_or_data():
     for x, y in zip(X2, Y2):
         w -= 0.05 * (w * x - y) * x
     assert params["wagain"].item() == pytest.approx(w, rel=1e-14)
+
+
+def test_a_parameter_reshaped_in_place_between_fit_calls_is_refused():
+    """fit finds the last call's parameter arrays again by identity; one whose
+    shape the caller changed in place since (same entries, other shape) must be
+    refused by name, not indexed with the old shape."""
+    W = sp.MatrixSymbol("Wreshape", 2, 3)
+    x, y = sp.MatrixSymbol("xreshape", 3, 1), sp.MatrixSymbol("yreshape", 2, 1)
+    prog = gc.compile(gc.mse(W * x, y), params=[W], inputs=[x], targets=[y])
+    params = {"Wreshape": np.ones((2, 3))}
+    X, Y = np.ones((4, 3)), np.zeros((4, 2))
+    prog.fit(params, X, Y, optimizer=gc.SGD(0.01), batch_size=1)
+    params["Wreshape"].shape = (3, 2)
+    with pytest.raises(gc.GradcError, match="Wreshape"):
+        prog.fit(params, X, Y, optimizer=gc.SGD(0.01), batch_size=1)

@@ -273,9 +273,10 @@ class Program:
         if type(params) is not dict or len(params) != len(names):
             return None
         last = self._as_given
-        if last is not None:  # the arrays of the last call (held there: no id reuse)
-            for name, old in zip(names, last):
-                if params.get(name) is not old:
+        if last is not None:  # the arrays of the last call (held there: no id reuse),
+            # unless reshaped in place since (the kernels index with literal shapes)
+            for name, old, shape in zip(names, last, self._param_shapes):
+                if params.get(name) is not old or old.shape != shape:
                     break
             else:
                 return last

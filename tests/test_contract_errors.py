@@ -671,3 +671,22 @@ def test_cuda_network_works_or_gradc_error():
     assert yhat.shape == (3, 1)
     want = {k: vals[k] - 0.5 * ref_grads[k] for k in vals}
     assert_dicts_close(params, want, rtol=1e-9, atol=1e-13, what="cuda fit")
+
+
+def test_float32_overflow_after_many_steps_is_caught_by_the_running_bound():
+    """J = −w in float32 with lr = 1e37: each step adds 1e37 to w (the gradient is
+    −1, finite, and so is the loss) until w passes float32's largest value. Plain
+    SGD shows the new values finite by a running bound, looked at only past a
+    quarter of the largest float: the overflow must still be named at its step,
+    and w be the float32 value of the step before."""
+    wv = sp.Symbol("wbound")
+    prog = gc.compile(-wv, params=[wv], dtype="float32")
+    params = prog.init({wv: 0.0})
+    with pytest.raises(gc.GradcError, match=r"update step (\d+) .*param") as ei:
+        prog.fit(params, steps=100, optimizer=gc.SGD(lr=1e37))
+    failed = int(re.search(r"update step (\d+)", _msg(ei)).group(1))
+    w, lr = np.float32(0.0), np.float32(1e37)
+    for _ in range(failed - 1):
+        w = np.float32(w + lr)
+    assert float(w) + 1e37 > float(np.finfo(np.float32).max)  # the failed step overflows
+    assert params["wbound"].item() == w

@@ -137,9 +137,8 @@ class TrainPrinter:
         out("bad = 0  # new values that are not finite")
         fused = fused or {}
         nstates = len(form.states)
-        if self._folded:  # η of plain gradient descent, printed
-            rate = self.scalar.doprint_expr(form.descent_rate)
-            rate = rate if rate.isidentifier() else f"({rate})"
+        if self._folded:
+            rate = self._descent_rate(form)
         for k, p in enumerate(params):
             if k not in fused:
                 continue
@@ -234,14 +233,24 @@ class TrainPrinter:
         where the bound has grown past a quarter of the largest float: first at
         the call's first folded step (the bound starts at inf), never in a call
         that folds no step (other steps check their new values themselves)."""
-        limit = float(np.finfo(np.float32 if self.float32 else np.float64).max) / 4
         out(f"bound{k} += {rate} * scale * math.sqrt(gnorms[step - start, {k}])")
-        out(f"if {self._fold_test(k)} and bound{k} > {limit!r}:  # no longer shows W finite: look")
+        limit = self._bound_limit()
+        out(f"if {self._fold_test(k)} and bound{k} > {limit}:  # no longer shows W finite: look")
         with out.indent():
             out(f"bound{k} = abs_bound(p{k})  # inf if an entry is inf or NaN")
             out(f"if bound{k} == math.inf:")
             with out.indent():
                 out("bad += 1")
+
+    def _descent_rate(self, form: UpdateForm) -> str:
+        """η of plain gradient descent, printed (a running bound grows by η·scale·‖g‖)."""
+        rate = self.scalar.doprint_expr(form.descent_rate)
+        return rate if rate.isidentifier() else f"({rate})"
+
+    def _bound_limit(self) -> str:
+        """A quarter of the largest float, printed: a running bound on max |p| below
+        it shows every new value finite."""
+        return repr(float(np.finfo(np.float32 if self.float32 else np.float64).max) / 4)
 
     def _fold_test(self, k: int) -> str:
         """The printed test of a step whose batch folds parameter k's update."""
@@ -616,8 +625,8 @@ class TrainPrinter:
     ) -> None:
         """The end of a training step: gradient norms (History, clip_norm, the
         divergence check) and the update; the norms of parameters updated by
-        printed loops are summed in that update sweep. The printed code returns
-        status 2 or 3 when they fail."""
+        printed loops are summed in that update sweep. One test after the update
+        ends a failed step (status 1, 2 or 3, from ``step_failure``)."""
         grads = self.deriv.grads
         out("# ---- gradient norms (History, clip_norm, divergence check)")
         out("total = 0.0")
@@ -683,15 +692,12 @@ class TrainPrinter:
         inf), or after a growth that large. Measured against the check per entry,
         fit at batch 1, ns per step, one process: 3-4-2 sigmoid 75.3 → 72.8,
         ReLU-CE 53.1 against 53.3."""
-        form = UpdateForm.of(rule)
-        rate = self.scalar.doprint_expr(form.descent_rate)
-        rate = rate if rate.isidentifier() else f"({rate})"
-        limit = float(np.finfo(np.float32 if self.float32 else np.float64).max) / 4
+        rate = self._descent_rate(UpdateForm.of(rule))
         rest, _ = self._rest(fused)
         looks = ", ".join(f"abs_bound(p{k})" for k in rest)
         looks = f"max({looks})" if len(rest) > 1 else looks
         out(f"p_bound += {rate} * scale * math.sqrt(total)  # max |p| of the loops above, at most")
-        out(f"if p_bound > {limit!r}:  # no longer shows them finite: look")
+        out(f"if p_bound > {self._bound_limit()}:  # no longer shows them finite: look")
         with out.indent():
             out(f"p_bound = {looks}  # inf if an entry is inf or NaN")
 

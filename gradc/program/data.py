@@ -91,6 +91,9 @@ def first_nonfinite(arrays) -> int:
     return -1
 
 
+_F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)
+
+
 def _finite(arr: np.ndarray) -> bool:
     dtype = arr.dtype
     if dtype is _F64 or dtype is _F32:  # the common case: a program's own dtype
@@ -101,9 +104,6 @@ def _finite(arr: np.ndarray) -> bool:
     elif dtype.itemsize in (4, 8) and arr.flags.c_contiguous:
         return entries_finite(arr)
     return bool(np.isfinite(arr).all())
-
-
-_F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)
 
 
 def all_finite(arr: np.ndarray) -> bool:

@@ -482,9 +482,7 @@ class Program:
         train = call.train
 
         path = [self._snapshot(p, params)] if record_path else []
-        bar = (
-            _progress(progress, total_steps, bs if has_data else 0, nbatches) if progress else None
-        )
+        bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
         # one kernel call runs every epoch (it reshuffles at each epoch's start);
         # Python sees each step only to record the path, each epoch only to draw
         # the progress bar

@@ -365,13 +365,19 @@ def _fresh_cache(enabled: bool = True):
 
 @contextlib.contextmanager
 def _one_blas_thread():
+    from .kernels.blas import set_threads
+
+    previous = set_threads(1)  # the kernels' own instance (threadpoolctl does not see it)
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            yield
+            return
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        set_threads(previous)
 
 
 # -- one network, both strategies -----------------------------------------------------------

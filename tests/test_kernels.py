@@ -286,6 +286,94 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+def test_blas_core_rule(monkeypatch):
+    """kernels/blas.py: a second OpenBLAS instance only where NumPy's chose AVX-512
+    kernels on AMD's family 25 (Zen 4), unless the caller says otherwise."""
+    from gradc.kernels import blas
+
+    cpu = {"vendor_id": "AuthenticAMD", "cpu family": "25"}
+    monkeypatch.setattr(blas, "_cpu_field", lambda name: cpu.get(name, ""))
+    monkeypatch.delenv("GRADC_BLAS_CORE", raising=False)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert blas._core_wanted("SkylakeX") == "Haswell"
+    assert blas._core_wanted("Cooperlake") == "Haswell"
+    assert blas._core_wanted("Haswell") is None  # already the AVX2 kernels
+    cpu["cpu family"] = "26"  # Zen 5: full-width AVX-512, not measured
+    assert blas._core_wanted("SkylakeX") is None
+    cpu.update({"vendor_id": "GenuineIntel", "cpu family": "6"})
+    assert blas._core_wanted("SkylakeX") is None
+    monkeypatch.setenv("GRADC_BLAS_CORE", "Sandybridge")  # asked for by name
+    assert blas._core_wanted("SkylakeX") == "Sandybridge"
+    assert blas._core_wanted("sandybridge") is None  # what NumPy's has already
+    cpu.update({"vendor_id": "AuthenticAMD", "cpu family": "25"})
+    monkeypatch.setenv("GRADC_BLAS_CORE", "numpy")
+    assert blas._core_wanted("SkylakeX") is None
+    monkeypatch.delenv("GRADC_BLAS_CORE")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")  # the caller's own choice
+    assert blas._core_wanted("SkylakeX") is None
+
+
+def test_blas_second_instance_against_numpy():
+    """kernels/blas.py: a second instance of NumPy's OpenBLAS, loaded with another
+    core type and one thread, is its own (NumPy's keeps its kernels), leaves the
+    environment as it was, and its sgemm/dgemm give NumPy's float64 products."""
+    import ctypes
+    import glob
+    import os
+
+    from gradc.kernels import blas
+
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    paths = sorted(glob.glob(os.path.join(libs, "*scipy_openblas64_*")))
+    if not paths or not hasattr(os, "memfd_create"):
+        pytest.skip("no scipy-openblas64 in numpy.libs, or no memfd here")
+    numpy_lib = ctypes.CDLL(paths[0])
+    corename = numpy_lib.scipy_openblas_get_corename64_
+    corename.restype = ctypes.c_char_p
+    theirs = corename().decode()
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")}
+    core = "Sandybridge" if theirs.lower() != "sandybridge" else "Nehalem"
+    own = blas._private_instance(paths[0], core, 1)
+    assert own is not None
+    assert {k: os.environ.get(k) for k in env} == env
+    own_corename = own.scipy_openblas_get_corename64_
+    own_corename.restype = ctypes.c_char_p
+    assert own_corename().decode().lower() == core.lower()
+    assert corename().decode() == theirs
+    assert own.scipy_openblas_get_num_threads64_() == 1
+    rng = np.random.default_rng(3)
+    for dtype, fn in (
+        (np.float32, own.scipy_cblas_sgemm64_),
+        (np.float64, own.scipy_cblas_dgemm64_),
+    ):
+        m, k, n = 7, 33, 5
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        c = np.full((m, n), np.nan, dtype)
+        flt = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        i64, i32 = ctypes.c_int64, ctypes.c_int32
+        fn(
+            i32(101), i32(111), i32(111), i64(m), i64(n), i64(k), flt(1.0),
+            a.ctypes.data_as(ctypes.c_void_p), i64(k),
+            b.ctypes.data_as(ctypes.c_void_p), i64(n),
+            flt(0.0), c.ctypes.data_as(ctypes.c_void_p), i64(n),
+        )  # fmt: skip
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        tol = 1e-5 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_blas_set_threads_round_trip():
+    """kernels/blas.py: set_threads returns the count it replaces."""
+    from gradc.kernels.blas import set_threads
+
+    previous = set_threads(1)
+    try:
+        assert set_threads(1) in (1, previous) and previous >= 1
+    finally:
+        set_threads(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sum_squares_against_float64_numpy(dtype):
     """runtime.sum_squares (every gradient norm that is not printed inline): rows

@@ -13,12 +13,17 @@ float32 (one process, one thread, best of 7):
 A product with one row or one column stays with ``np.dot``, which Numba hands to
 gemv (1×784 by 784×256: 12 µs, OpenBLAS's CBLAS gemm 68).
 
-The library is looked for once, at import; its functions are declared to LLVM
-by name (``load_library_permanently`` makes the name resolve), so kernels that
-call them still go to Numba's disk cache. Without it (another NumPy build, or
-``GRADC_BLAS=numba``) ``matmul`` is Numba's ``np.dot``. ``BLAS`` names what
-``matmul`` calls; the kernel printer writes it into each module's source, so a
-kernel cached with one BLAS is never loaded with the other.
+The library is looked for once, at import; its gemm functions are declared to
+LLVM under our own names (``binding.add_symbol``), so kernels that call them
+still go to Numba's disk cache. Where OpenBLAS chose slower kernels than it has
+for this CPU (its AVX-512 ones on AMD's Zen 4), the kernels call a second
+instance of the same library, loaded with the better ones (``_core_wanted``;
+``GRADC_BLAS_CORE=numpy`` keeps NumPy's instance, ``GRADC_BLAS_CORE=<core>``
+asks for a core type); its threads are set by ``set_threads``, not by
+``threadpoolctl``. Without CBLAS (another NumPy build, or ``GRADC_BLAS=numba``)
+``matmul`` is Numba's ``np.dot``. ``BLAS`` names what ``matmul`` calls; the
+kernel printer writes it into each module's source, so a kernel cached with one
+BLAS is never loaded with the other.
 
 With CBLAS, a training kernel may also fold plain gradient descent into a
 weight's gradient product (``matmul_acc``: gemm with β = 1 adds −η·Σₙ δₙxₙᵀ
@@ -31,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numba
@@ -39,7 +45,7 @@ from llvmlite import binding, ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["BLAS", "FOLDS", "matmul", "matmul_acc"]
+__all__ = ["BLAS", "FOLDS", "matmul", "matmul_acc", "set_threads"]
 
 # CBLAS enum values (cblas.h)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -47,15 +53,107 @@ _FLOATS = {"float32": "s", "float64": "d"}  # CBLAS's prefix letter
 
 
 class _Cblas(NamedTuple):
-    """The CBLAS gemm functions found, by float type, and their integer width."""
+    """The CBLAS gemm functions kernels call, by float type, their integer width and
+    which OpenBLAS instance answers them."""
 
-    gemm: dict[str, str]  # "float32"/"float64" → ?gemm's name
+    gemm: dict[str, str]  # "float32"/"float64" → the name LLVM resolves (our alias)
     bits: int
+    source: str  # the instance, in words (part of ``BLAS``)
+    set_threads: Callable[[int], None] | None  # that instance's thread setting, and
+    get_threads: Callable[[], int] | None  # its reading
+
+
+# OpenBLAS picks its AVX-512 kernels (SkylakeX) for AMD's Zen 4, which runs AVX-512
+# as two 256-bit halves. Its AVX2 kernels (Haswell) were faster there (EPYC family
+# 25, one thread, medians, µs): float32 x·Wᵀ 256×784 by 784×256 1,058 → 949,
+# δᵀ·x 256×256 by 256×784 992 → 940, 32×784 by 784×256 216 → 145; float64 x·Wᵀ
+# 256×784 by 784×256 2,033 → 1,995. NumPy's instance picked its kernels when it
+# was loaded; kernels then get a second instance of the same library file, loaded
+# with the better choice (``_private_instance``).
+_AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+_ZEN_AVX512_FAMILIES = ("25",)  # Zen 3 / Zen 4 (Zen 3 has no AVX-512: never SkylakeX)
+
+
+def _cpu_field(name: str) -> str:
+    """A field of /proc/cpuinfo's first processor ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _core_wanted(corename: str) -> str | None:
+    """The OpenBLAS core type kernels should run with, where it differs from the one
+    NumPy's instance chose (``corename``); ``GRADC_BLAS_CORE`` overrides ("numpy":
+    NumPy's instance as it is; a core name: that one), as does the caller's own
+    ``OPENBLAS_CORETYPE`` (NumPy's instance honoured it)."""
+    forced = os.environ.get("GRADC_BLAS_CORE", "").strip()
+    if forced.lower() == "numpy" or os.environ.get("OPENBLAS_CORETYPE"):
+        return None
+    if forced:
+        return None if forced.lower() == corename.lower() else forced
+    amd_avx512 = (
+        corename.lower() in _AVX512_CORES
+        and _cpu_field("vendor_id") == "AuthenticAMD"
+        and _cpu_field("cpu family") in _ZEN_AVX512_FAMILIES
+    )
+    return "Haswell" if amd_avx512 else None
+
+
+_MEMFDS: list[int] = []  # the memory files second instances were loaded from
+
+
+def _private_instance(path: str, core: str, threads: int) -> ctypes.CDLL | None:
+    """A second instance of the OpenBLAS at ``path``, initialised with core type
+    ``core`` and ``threads`` threads; None where that cannot be had.
+
+    The dynamic loader shares a library loaded twice from one file, so the file is
+    copied into an anonymous memory file (Linux's memfd: nothing on disk; ~10 ms
+    for 25 MB) and loaded from there. OpenBLAS reads OPENBLAS_CORETYPE and
+    OPENBLAS_NUM_THREADS once, when loaded: they are set around the load only."""
+    if not hasattr(os, "memfd_create") or not hasattr(os, "sendfile"):
+        return None
+    saved = {key: os.environ.get(key) for key in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")}
+    try:
+        fd = os.memfd_create("gradc-openblas")
+        # kept open: the loader knows a library by its path, and a closed fd's number
+        # comes back, so a later load from /proc/self/fd/<it> would get this one
+        _MEMFDS.append(fd)
+        try:
+            with open(path, "rb") as src:
+                size, done = os.fstat(src.fileno()).st_size, 0
+                while done < size:
+                    done += os.sendfile(fd, src.fileno(), done, size - done)
+            os.environ["OPENBLAS_CORETYPE"] = core
+            os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+            return ctypes.CDLL(f"/proc/self/fd/{fd}", mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    except OSError:
+        return None
+
+
+def _c_function(lib: ctypes.CDLL, name: str, restype):
+    """``lib``'s function ``name`` with that return type, or None."""
+    fn = getattr(lib, name, None)
+    if fn is not None:
+        fn.restype = restype
+    return fn
 
 
 def _find_cblas() -> _Cblas | None:
-    """The gemm functions of NumPy's bundled OpenBLAS, loaded so that LLVM
-    resolves their names; None if there is none to use."""
+    """The gemm functions of NumPy's bundled OpenBLAS (or of a second instance of it
+    with better kernels for this CPU), registered with LLVM under our own names;
+    None if there is none to use."""
     if os.environ.get("GRADC_BLAS", "").lower() == "numba":
         return None
     libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
@@ -67,14 +165,48 @@ def _find_cblas() -> _Cblas | None:
         # scipy-openblas64 (NumPy ≥ 2 wheels): prefixed names, 64-bit integers
         for prefix, suffix, bits in (("scipy_", "64_", 64), ("", "64_", 64), ("scipy_", "", 32)):
             names = {dt: f"{prefix}cblas_{letter}gemm{suffix}" for dt, letter in _FLOATS.items()}
-            if all(hasattr(lib, name) for name in names.values()):
-                binding.load_library_permanently(path)
-                return _Cblas(names, bits)
+            if not all(hasattr(lib, name) for name in names.values()):
+                continue
+            corename_fn = _c_function(
+                lib, f"{prefix}openblas_get_corename{suffix}", ctypes.c_char_p
+            )
+            threads_fn = _c_function(lib, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int)
+            corename = corename_fn().decode() if corename_fn else ""
+            source, chosen = f"NumPy's OpenBLAS, {corename or 'its'} kernels", lib
+            core = _core_wanted(corename) if corename_fn and threads_fn else None
+            own = _private_instance(path, core, threads_fn()) if core else None
+            own_core = _c_function(own, corename_fn.__name__, ctypes.c_char_p) if own else None
+            if own_core is not None and own_core().decode().lower() == core.lower():
+                source = f"NumPy's OpenBLAS, second instance, {own_core().decode()} kernels"
+                chosen = own
+            # our own names for the chosen instance's functions: code cached by Numba
+            # refers to these, whichever instance a later process picks
+            aliases = {}
+            for dt, name in names.items():
+                alias = f"gradc_cblas_{_FLOATS[dt]}gemm_i{bits}"
+                address = ctypes.cast(getattr(chosen, name), ctypes.c_void_p).value
+                binding.add_symbol(alias, address)
+                aliases[dt] = alias
+            setter = _c_function(chosen, f"{prefix}openblas_set_num_threads{suffix}", None)
+            getter = _c_function(chosen, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int)
+            return _Cblas(aliases, bits, source, setter, getter)
     return None
 
 
+def set_threads(count: int) -> int:
+    """Set the threads of the BLAS instance the kernels call (a second instance is
+    out of reach of ``threadpoolctl``); returns the count it had (1 without CBLAS).
+
+    Example: ``previous = set_threads(1); ...; set_threads(previous)``."""
+    if _CBLAS is None or _CBLAS.set_threads is None or _CBLAS.get_threads is None:
+        return 1
+    previous = int(_CBLAS.get_threads())
+    _CBLAS.set_threads(ctypes.c_int(count))
+    return previous
+
+
 _CBLAS = _find_cblas()
-BLAS = f"NumPy's OpenBLAS ({', '.join(_CBLAS.gemm.values())})" if _CBLAS else "Numba np.dot"
+BLAS = f"{_CBLAS.source} ({', '.join(_CBLAS.gemm.values())})" if _CBLAS else "Numba np.dot"
 # whether ``matmul_acc`` adds into its output in place (gemm's β = 1), so that a
 # kernel gains by folding an update into a product
 FOLDS = _CBLAS is not None

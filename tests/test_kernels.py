@@ -297,6 +297,9 @@ def test_blas_core_rule(monkeypatch):
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     assert blas._core_wanted("SkylakeX") == "Haswell"
     assert blas._core_wanted("Cooperlake") == "Haswell"
+    monkeypatch.setenv("GRADC_BLAS_CORE", "auto")  # the default, said
+    assert blas._core_wanted("SkylakeX") == "Haswell"
+    monkeypatch.delenv("GRADC_BLAS_CORE")
     assert blas._core_wanted("Haswell") is None  # already the AVX2 kernels
     cpu["cpu family"] = "26"  # Zen 5: full-width AVX-512, not measured
     assert blas._core_wanted("SkylakeX") is None

@@ -16,7 +16,7 @@ gemv (1×784 by 784×256: 12 µs, OpenBLAS's CBLAS gemm 68).
 The library is looked for once, at import; its gemm functions are declared to
 LLVM under our own names (``binding.add_symbol``), so kernels that call them
 still go to Numba's disk cache. Where OpenBLAS chose slower kernels than it has
-for this CPU (its AVX-512 ones on AMD's Zen 4), the kernels call a second
+for this CPU (its AVX-512 ones on AMD's Zen 4), float32 products go to a second
 instance of the same library, loaded with the better ones (``_core_wanted``;
 ``GRADC_BLAS_CORE=numpy`` keeps NumPy's instance, ``GRADC_BLAS_CORE=<core>``
 asks for a core type); its threads are set by ``set_threads``, not by
@@ -58,18 +58,18 @@ class _Cblas(NamedTuple):
 
     gemm: dict[str, str]  # "float32"/"float64" → the name LLVM resolves (our alias)
     bits: int
-    source: str  # the instance, in words (part of ``BLAS``)
-    set_threads: Callable[[int], None] | None  # that instance's thread setting, and
-    get_threads: Callable[[], int] | None  # its reading
+    source: str  # the instances, in words (part of ``BLAS``)
+    threads: list[tuple[Callable[[int], None], Callable[[], int]]]  # their set/get
 
 
 # OpenBLAS picks its AVX-512 kernels (SkylakeX) for AMD's Zen 4, which runs AVX-512
 # as two 256-bit halves. Its AVX2 kernels (Haswell) were faster there (EPYC family
 # 25, one thread, medians, µs): float32 x·Wᵀ 256×784 by 784×256 1,058 → 949,
 # δᵀ·x 256×256 by 256×784 992 → 940, 32×784 by 784×256 216 → 145; float64 x·Wᵀ
-# 256×784 by 784×256 2,033 → 1,995. NumPy's instance picked its kernels when it
-# was loaded; kernels then get a second instance of the same library file, loaded
-# with the better choice (``_private_instance``).
+# 256×784 by 784×256 2,033 → 1,995, but 256×512 by 512×512 NN 2,660 → 2,740.
+# NumPy's instance picked its kernels when it was loaded; float32 products then
+# go to a second instance of the same library file, loaded with the better choice
+# (``_private_instance``), float64 ones stay with NumPy's.
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 _ZEN_AVX512_FAMILIES = ("25",)  # Zen 3 / Zen 4 (Zen 3 has no AVX-512: never SkylakeX)
 
@@ -90,9 +90,12 @@ def _cpu_field(name: str) -> str:
 def _core_wanted(corename: str) -> str | None:
     """The OpenBLAS core type kernels should run with, where it differs from the one
     NumPy's instance chose (``corename``); ``GRADC_BLAS_CORE`` overrides ("numpy":
-    NumPy's instance as it is; a core name: that one), as does the caller's own
+    NumPy's instance as it is; a core name: that one; "auto", the default: this
+    rule), as does the caller's own
     ``OPENBLAS_CORETYPE`` (NumPy's instance honoured it)."""
     forced = os.environ.get("GRADC_BLAS_CORE", "").strip()
+    if forced.lower() == "auto":
+        forced = ""
     if forced.lower() == "numpy" or os.environ.get("OPENBLAS_CORETYPE"):
         return None
     if forced:
@@ -172,36 +175,48 @@ def _find_cblas() -> _Cblas | None:
             )
             threads_fn = _c_function(lib, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int)
             corename = corename_fn().decode() if corename_fn else ""
-            source, chosen = f"NumPy's OpenBLAS, {corename or 'its'} kernels", lib
             core = _core_wanted(corename) if corename_fn and threads_fn else None
             own = _private_instance(path, core, threads_fn()) if core else None
             own_core = _c_function(own, corename_fn.__name__, ctypes.c_char_p) if own else None
-            if own_core is not None and own_core().decode().lower() == core.lower():
-                source = f"NumPy's OpenBLAS, second instance, {own_core().decode()} kernels"
-                chosen = own
+            if own_core is None or own_core().decode().lower() != core.lower():
+                own = None  # (it would not take that core type)
+            # float32 from the second instance; float64 stays with NumPy's (its
+            # AVX-512 kernels were as fast or faster there in float64)
+            chosen = {"float64": lib, "float32": own or lib}
+            theirs = f"NumPy's OpenBLAS, {corename or 'its'} kernels"
+            source = f"{theirs}; float32 a second instance, {core} kernels" if own else theirs
             # our own names for the chosen instance's functions: code cached by Numba
             # refers to these, whichever instance a later process picks
             aliases = {}
             for dt, name in names.items():
                 alias = f"gradc_cblas_{_FLOATS[dt]}gemm_i{bits}"
-                address = ctypes.cast(getattr(chosen, name), ctypes.c_void_p).value
+                address = ctypes.cast(getattr(chosen[dt], name), ctypes.c_void_p).value
                 binding.add_symbol(alias, address)
                 aliases[dt] = alias
-            setter = _c_function(chosen, f"{prefix}openblas_set_num_threads{suffix}", None)
-            getter = _c_function(chosen, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int)
-            return _Cblas(aliases, bits, source, setter, getter)
+            threads = [
+                (
+                    _c_function(instance, f"{prefix}openblas_set_num_threads{suffix}", None),
+                    _c_function(
+                        instance, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int
+                    ),
+                )
+                for instance in {id(x): x for x in chosen.values()}.values()
+            ]
+            return _Cblas(aliases, bits, source, [t for t in threads if None not in t])
     return None
 
 
 def set_threads(count: int) -> int:
-    """Set the threads of the BLAS instance the kernels call (a second instance is
-    out of reach of ``threadpoolctl``); returns the count it had (1 without CBLAS).
+    """Set the threads of the BLAS the kernels call (NumPy's OpenBLAS, and a second
+    instance where there is one: ``threadpoolctl`` does not see that); returns the
+    count NumPy's had (1 without CBLAS).
 
     Example: ``previous = set_threads(1); ...; set_threads(previous)``."""
-    if _CBLAS is None or _CBLAS.set_threads is None or _CBLAS.get_threads is None:
+    if _CBLAS is None or not _CBLAS.threads:
         return 1
-    previous = int(_CBLAS.get_threads())
-    _CBLAS.set_threads(ctypes.c_int(count))
+    previous = int(_CBLAS.threads[0][1]())
+    for setter, _ in _CBLAS.threads:
+        setter(ctypes.c_int(count))
     return previous
 
 
@@ -295,7 +310,10 @@ def _operand(x, itemsize):
 #           32×512 by 512×512: 281 → 197;   64×784 by 784×256: 334 → 285
 # From 128 rows on, or with fewer than 128 columns, or in float64, the copy costs
 # more than it saves (256×784 by 784×256: 1,055 → 1,122; float64 32×784 by
-# 784×256: 299 → 313), so only that corner takes the detour.
+# 784×256: 299 → 313), so only that corner takes the detour. With the Haswell
+# kernels of a second instance (above) the gap is smaller, the detour still
+# gaining up to 32 rows (8×784 by 784×256: 59 → 47; 32 rows 146 → 137; 512×512
+# 8 rows 79 → 65) and even at 64 (260 against 261).
 TRANSPOSED_MAX_ROWS = 64
 TRANSPOSED_MIN_COLS = 128
 

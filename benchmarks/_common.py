@@ -122,6 +122,12 @@ def machine_info(extra_modules: tuple[str, ...] = ()) -> dict[str, object]:
         except Exception:
             pass
     info["BLAS thread pools loaded"] = blas_threads()
+    try:  # (threadpoolctl does not see a second OpenBLAS instance of gradc's)
+        from gradc.kernels.blas import BLAS
+
+        info["gradc's kernels call"] = BLAS
+    except Exception:
+        pass
     return info
 
 

@@ -89,10 +89,10 @@ def _cpu_field(name: str) -> str:
 
 def _core_wanted(corename: str) -> str | None:
     """The OpenBLAS core type kernels should run with, where it differs from the one
-    NumPy's instance chose (``corename``); ``GRADC_BLAS_CORE`` overrides ("numpy":
+    NumPy's instance chose (``corename``). ``GRADC_BLAS_CORE`` overrides ("numpy":
     NumPy's instance as it is; a core name: that one; "auto", the default: this
-    rule), as does the caller's own
-    ``OPENBLAS_CORETYPE`` (NumPy's instance honoured it)."""
+    rule), as does the caller's own ``OPENBLAS_CORETYPE`` (NumPy's instance
+    honoured it)."""
     forced = os.environ.get("GRADC_BLAS_CORE", "").strip()
     if forced.lower() == "auto":
         forced = ""
@@ -122,27 +122,30 @@ def _private_instance(path: str, core: str, threads: int) -> ctypes.CDLL | None:
     if not hasattr(os, "memfd_create") or not hasattr(os, "sendfile"):
         return None
     saved = {key: os.environ.get(key) for key in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")}
+    fd = -1
     try:
         fd = os.memfd_create("gradc-openblas")
-        # kept open: the loader knows a library by its path, and a closed fd's number
-        # comes back, so a later load from /proc/self/fd/<it> would get this one
-        _MEMFDS.append(fd)
-        try:
-            with open(path, "rb") as src:
-                size, done = os.fstat(src.fileno()).st_size, 0
-                while done < size:
-                    done += os.sendfile(fd, src.fileno(), done, size - done)
-            os.environ["OPENBLAS_CORETYPE"] = core
-            os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-            return ctypes.CDLL(f"/proc/self/fd/{fd}", mode=os.RTLD_LOCAL | os.RTLD_NOW)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        with open(path, "rb") as src:
+            size, done = os.fstat(src.fileno()).st_size, 0
+            while done < size:
+                done += os.sendfile(fd, src.fileno(), done, size - done)
+        os.environ["OPENBLAS_CORETYPE"] = core
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}", mode=os.RTLD_LOCAL | os.RTLD_NOW)
     except OSError:
+        if fd >= 0:
+            os.close(fd)
         return None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    # kept open: the loader knows a library by its path, and a closed fd's number
+    # comes back, so a later load from /proc/self/fd/<it> would get this one
+    _MEMFDS.append(fd)
+    return lib
 
 
 def _c_function(lib: ctypes.CDLL, name: str, restype):

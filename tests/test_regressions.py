@@ -324,3 +324,38 @@ def test_a_parameter_reshaped_in_place_between_fit_calls_is_refused():
     params["Wreshape"].shape = (3, 2)
     with pytest.raises(gc.GradcError, match="Wreshape"):
         prog.fit(params, X, Y, optimizer=gc.SGD(0.01), batch_size=1)
+
+
+def test_value_and_grad_fast_and_general_paths_against_the_hand_gradient():
+    """value_and_grad builds its kernel arguments from a recipe and, for a dict of
+    the kernels' own arrays (what ``init`` returns), returns the gradient arrays
+    as they are; other dicts (symbol keys, lists, other shapes) take the general
+    path. Both give the hand-written gradient of ½‖W·x + b − y‖² (batch mean),
+    fresh arrays at every call, and name a parameter holding NaN."""
+    W = sp.MatrixSymbol("Wvag", 2, 3)
+    b = sp.MatrixSymbol("bvag", 2, 1)
+    x, y = sp.MatrixSymbol("xvag", 3, 1), sp.MatrixSymbol("yvag", 2, 1)
+    prog = gc.compile(gc.mse(W * x + b, y), params=[W, b], inputs=[x], targets=[y])
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    params = prog.init(seed=3)
+    Wv, bv = params["Wvag"].copy(), params["bvag"].reshape(2).copy()
+    R = X @ Wv.T + bv - Y  # (5, 2) residuals
+    want_loss = 0.5 * (R**2).sum(axis=1).mean()
+    want_W, want_b = R.T @ X / 5, R.mean(axis=0)
+    loss, g = prog.value_and_grad(params, X, Y)  # fast path
+    loss2, g2 = prog.value_and_grad(params, X, Y)  # again: the memo by identity
+    assert g["Wvag"] is not g2["Wvag"]
+    general = {W: Wv.tolist(), b: bv.tolist()}  # symbol keys, lists, b as a flat list
+    loss3, g3 = prog.value_and_grad(general, X, Y)
+    for lo, grads in ((loss, g), (loss2, g2), (loss3, g3)):
+        assert lo == pytest.approx(want_loss, rel=1e-13)
+        np.testing.assert_allclose(np.reshape(grads["Wvag"], (2, 3)), want_W, rtol=1e-12)
+        np.testing.assert_allclose(np.reshape(grads["bvag"], 2), want_b, rtol=1e-12)
+    assert np.shape(g3["bvag"]) == (2,)  # shaped like the caller's value
+    g["Wvag"][...] = 0.0  # the caller's copy: the next call is not affected
+    _, g4 = prog.value_and_grad(params, X, Y)
+    np.testing.assert_allclose(g4["Wvag"], want_W, rtol=1e-12)
+    params["bvag"][1, 0] = np.nan
+    with pytest.raises(gc.GradcError, match="bvag"):
+        prog.value_and_grad(params, X, Y)

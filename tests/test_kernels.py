@@ -366,6 +366,24 @@ def test_blas_second_instance_against_numpy():
         np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+def test_blas_transposed_right_operand_takes_its_own_gemm():
+    """kernels/blas.py: a·bᵀ products go through the a·bᵀ gemm (a second instance
+    where one is loaded), every other layout through NumPy's; both named in BLAS,
+    and both giving the float64 NumPy product (float32 and float64, with β = 1)."""
+    from gradc.kernels import blas
+
+    assert all(name in blas.BLAS for name in blas._CBLAS.gemm_nt.values())
+    rng = np.random.default_rng(9)
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-13)):
+        a = rng.standard_normal((70, 40)).astype(dtype)
+        w = rng.standard_normal((50, 40)).astype(dtype)
+        c0 = rng.standard_normal((70, 50)).astype(dtype)
+        c = c0.copy()
+        blas.matmul_acc(a, w.T, c, -0.5)  # a·wᵀ: the a·bᵀ gemm, β = 1
+        want = c0.astype(np.float64) - 0.5 * (a.astype(np.float64) @ w.T.astype(np.float64))
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 def test_blas_set_threads_round_trip():
     """kernels/blas.py: set_threads returns the count it replaces."""
     from gradc.kernels.blas import set_threads

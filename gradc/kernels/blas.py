@@ -16,7 +16,7 @@ gemv (1×784 by 784×256: 12 µs, OpenBLAS's CBLAS gemm 68).
 The library is looked for once, at import; its gemm functions are declared to
 LLVM under our own names (``binding.add_symbol``), so kernels that call them
 still go to Numba's disk cache. Where OpenBLAS chose slower kernels than it has
-for this CPU (its AVX-512 ones on AMD's Zen 4), float32 products go to a second
+for this CPU (its AVX-512 ones on AMD's Zen 4), products a·bᵀ go to a second
 instance of the same library, loaded with the better ones (``_core_wanted``;
 ``GRADC_BLAS_CORE=numpy`` keeps NumPy's instance, ``GRADC_BLAS_CORE=<core>``
 asks for a core type); its threads are set by ``set_threads``, not by
@@ -57,19 +57,22 @@ class _Cblas(NamedTuple):
     which OpenBLAS instance answers them."""
 
     gemm: dict[str, str]  # "float32"/"float64" → the name LLVM resolves (our alias)
+    gemm_nt: dict[str, str]  # the same, for products a·bᵀ (see _core_wanted)
     bits: int
     source: str  # the instances, in words (part of ``BLAS``)
     threads: list[tuple[Callable[[int], None], Callable[[], int]]]  # their set/get
 
 
 # OpenBLAS picks its AVX-512 kernels (SkylakeX) for AMD's Zen 4, which runs AVX-512
-# as two 256-bit halves. Its AVX2 kernels (Haswell) were faster there (EPYC family
-# 25, one thread, medians, µs): float32 x·Wᵀ 256×784 by 784×256 1,058 → 949,
-# δᵀ·x 256×256 by 256×784 992 → 940, 32×784 by 784×256 216 → 145; float64 x·Wᵀ
-# 256×784 by 784×256 2,033 → 1,995, but 256×512 by 512×512 NN 2,660 → 2,740.
-# NumPy's instance picked its kernels when it was loaded; float32 products then
-# go to a second instance of the same library file, loaded with the better choice
-# (``_private_instance``), float64 ones stay with NumPy's.
+# as two 256-bit halves. There its AVX2 kernels (Haswell) were faster on products
+# whose right operand is a transpose, a·bᵀ (a layer's forward x·Wᵀ), and not on
+# the others (EPYC family 25, one thread, medians of interleaved calls,
+# ``benchmarks/results/blas_cores.md``): x·Wᵀ float32 32×784 by 784×256 225 →
+# 153 µs, 256 rows 1,067 → 960, float64 32×512 by 512×512 472 → 379; but δ·W
+# float32 256×256 by 256×784 1,028 → 1,211, δᵀ·x float64 512×32 by 32×512 404 →
+# 512. NumPy's instance picked its kernels when it was loaded; a·bᵀ products then
+# go to a second instance of the same library file, loaded with the better
+# choice (``_private_instance``), every other product to NumPy's.
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 _ZEN_AVX512_FAMILIES = ("25",)  # Zen 3 / Zen 4 (Zen 3 has no AVX-512: never SkylakeX)
 
@@ -183,19 +186,17 @@ def _find_cblas() -> _Cblas | None:
             own_core = _c_function(own, corename_fn.__name__, ctypes.c_char_p) if own else None
             if own_core is None or own_core().decode().lower() != core.lower():
                 own = None  # (it would not take that core type)
-            # float32 from the second instance; float64 stays with NumPy's (its
-            # AVX-512 kernels were as fast or faster there in float64)
-            chosen = {"float64": lib, "float32": own or lib}
             theirs = f"NumPy's OpenBLAS, {corename or 'its'} kernels"
-            source = f"{theirs}; float32 a second instance, {core} kernels" if own else theirs
-            # our own names for the chosen instance's functions: code cached by Numba
+            source = f"{theirs}; a·bᵀ products a second instance, {core} kernels" if own else theirs
+            # our own names for the chosen instances' functions: code cached by Numba
             # refers to these, whichever instance a later process picks
-            aliases = {}
-            for dt, name in names.items():
-                alias = f"gradc_cblas_{_FLOATS[dt]}gemm_i{bits}"
-                address = ctypes.cast(getattr(chosen[dt], name), ctypes.c_void_p).value
-                binding.add_symbol(alias, address)
-                aliases[dt] = alias
+            aliases: dict[str, dict[str, str]] = {"": {}, "_nt": {}}
+            for kind, instance in (("", lib), ("_nt", own or lib)):
+                for dt, name in names.items():
+                    alias = f"gradc_cblas_{_FLOATS[dt]}gemm{kind}_i{bits}"
+                    address = ctypes.cast(getattr(instance, name), ctypes.c_void_p).value
+                    binding.add_symbol(alias, address)
+                    aliases[kind][dt] = alias
             threads = [
                 (
                     _c_function(instance, f"{prefix}openblas_set_num_threads{suffix}", None),
@@ -203,9 +204,11 @@ def _find_cblas() -> _Cblas | None:
                         instance, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int
                     ),
                 )
-                for instance in {id(x): x for x in chosen.values()}.values()
+                for instance in ((lib, own) if own else (lib,))
             ]
-            return _Cblas(aliases, bits, source, [t for t in threads if None not in t])
+            return _Cblas(
+                aliases[""], aliases["_nt"], bits, source, [t for t in threads if None not in t]
+            )
     return None
 
 
@@ -224,7 +227,11 @@ def set_threads(count: int) -> int:
 
 
 _CBLAS = _find_cblas()
-BLAS = f"{_CBLAS.source} ({', '.join(_CBLAS.gemm.values())})" if _CBLAS else "Numba np.dot"
+BLAS = (
+    f"{_CBLAS.source} ({', '.join([*_CBLAS.gemm.values(), *_CBLAS.gemm_nt.values()])})"
+    if _CBLAS
+    else "Numba np.dot"
+)
 # whether ``matmul_acc`` adds into its output in place (gemm's β = 1), so that a
 # kernel gains by folding an update into a product
 FOLDS = _CBLAS is not None
@@ -271,16 +278,26 @@ def _cblas_codegen(name: str, dtype, kinds: str):
     return codegen
 
 
-@intrinsic
-def _gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """c ← alpha·op(a)·op(b) + beta·c by CBLAS ?gemm (row-major); ``ta``/``tb`` are
-    the CBLAS transpose flags, a, b, c arrays whose data pointers are passed."""
-    if not _cblas_operands(getattr(c, "dtype", None), a, b, c):
-        return None  # gemm reads and writes one float type
-    name = _CBLAS.gemm[str(c.dtype)]
-    intp, f64 = types.intp, types.float64
-    sig = types.void(intp, intp, intp, intp, intp, f64, a, intp, b, intp, f64, c, intp)
-    return sig, _cblas_codegen(name, c.dtype, "eeiiifaiaifai")
+def _gemm_intrinsic(functions: str):
+    """A gemm intrinsic calling the ``_CBLAS`` field ``functions`` (by float type)."""
+
+    @intrinsic
+    def gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        if not _cblas_operands(getattr(c, "dtype", None), a, b, c):
+            return None  # gemm reads and writes one float type
+        name = getattr(_CBLAS, functions)[str(c.dtype)]
+        intp, f64 = types.intp, types.float64
+        sig = types.void(intp, intp, intp, intp, intp, f64, a, intp, b, intp, f64, c, intp)
+        return sig, _cblas_codegen(name, c.dtype, "eeiiifaiaifai")
+
+    return gemm
+
+
+# c ← alpha·op(a)·op(b) + beta·c by CBLAS ?gemm (row-major): ``ta``/``tb`` are the
+# CBLAS transpose flags, a, b, c arrays whose data pointers are passed. ``_gemm_nt``
+# for a·bᵀ (ta no transpose, tb transpose), which may go to another instance.
+_gemm = _gemm_intrinsic("gemm")
+_gemm_nt = _gemm_intrinsic("gemm_nt")
 
 
 # _nrt=True stated, not left to the default: a function that does not state it
@@ -328,7 +345,7 @@ def _gemm_transposed(a, lda, b, ldb, out, alpha):
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
     scratch = np.empty((n, m), out.dtype)
     # b.T is W itself (row-major, leading dimension ldb): the same data pointer
-    _gemm(_NO_TRANS, _TRANS, n, m, k, float(alpha), b.T, ldb, a, lda, 0.0, scratch, max(m, 1))
+    _gemm_nt(_NO_TRANS, _TRANS, n, m, k, float(alpha), b.T, ldb, a, lda, 0.0, scratch, max(m, 1))
     # plain loops, not ``out[:, :] = scratch.T``: a kernel that calls matmul links
     # this function's code into its own module, and Numba's generic array
     # assignment made every such kernel's compile ~0.45 s longer (64-32-10's
@@ -359,7 +376,10 @@ def _gemm_into(a, b, out, alpha, beta):
     ):
         _gemm_transposed(a, lda, b, ldb, out, alpha)
         return True
-    _gemm(ta, tb, m, n, k, float(alpha), a, lda, b, ldb, float(beta), out, ldc)
+    if ta == _NO_TRANS and tb == _TRANS:
+        _gemm_nt(ta, tb, m, n, k, float(alpha), a, lda, b, ldb, float(beta), out, ldc)
+    else:
+        _gemm(ta, tb, m, n, k, float(alpha), a, lda, b, ldb, float(beta), out, ldc)
     return True
 
 

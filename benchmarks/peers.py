@@ -773,8 +773,9 @@ def render(data: dict) -> str:
         "`matmul_only` is not a peer: it runs only the step's matrix products "
         "(forward, weight gradient, and the δ product of every layer but the first) "
         "into preallocated buffers through the BLAS entry gradc's kernels call "
-        "(`gradc.kernels.blas.matmul`: NumPy's OpenBLAS by CBLAS; float32 on AMD's Zen 4, as "
-        "here, a second instance of it with its Haswell kernels: README, *BLAS or loops*), "
+        "(`gradc.kernels.blas.matmul`: NumPy's OpenBLAS by CBLAS; the x·Wᵀ products on AMD's "
+        "Zen 4, as here, a second instance of it with its Haswell kernels: README, *BLAS or "
+        "loops*), "
         "a floor for BLAS-bound cases.",
         "",
         "## Summary",

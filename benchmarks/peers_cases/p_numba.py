@@ -9,8 +9,8 @@
   (forward ``a @ Wᵀ`` per layer, ``δᵀ @ a`` per layer, ``δ @ W`` for every
   layer but the first) into preallocated buffers, nothing else, through the
   same BLAS entry as gradc's kernels (``gradc.kernels.blas.matmul``: NumPy's
-  OpenBLAS by CBLAS where it is found, float32 on Zen 4 a second instance with
-  its Haswell kernels), so the floor is the faster BLAS.
+  OpenBLAS by CBLAS where it is found, its x·Wᵀ products on Zen 4 a second
+  instance with its Haswell kernels), so the floor is the faster BLAS.
 
 Each source is written to a file under the run directory and imported with
 ``@njit(cache=True)`` (the recipe of ``NUMBA_FACTS.md`` §3), so only the first

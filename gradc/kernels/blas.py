@@ -60,7 +60,8 @@ class _Cblas(NamedTuple):
     gemm_nt: dict[str, str]  # the same, for products a·bᵀ (see _core_wanted)
     bits: int
     source: str  # the instances, in words (part of ``BLAS``)
-    threads: list[tuple[Callable[[int], None], Callable[[], int]]]  # their set/get
+    set_threads: list[Callable[[int], None]]  # each instance's thread setting
+    get_threads: Callable[[], int] | None  # NumPy's instance's reading
 
 
 # OpenBLAS picks its AVX-512 kernels (SkylakeX) for AMD's Zen 4, which runs AVX-512
@@ -197,18 +198,12 @@ def _find_cblas() -> _Cblas | None:
                     address = ctypes.cast(getattr(instance, name), ctypes.c_void_p).value
                     binding.add_symbol(alias, address)
                     aliases[kind][dt] = alias
-            threads = [
-                (
-                    _c_function(instance, f"{prefix}openblas_set_num_threads{suffix}", None),
-                    _c_function(
-                        instance, f"{prefix}openblas_get_num_threads{suffix}", ctypes.c_int
-                    ),
-                )
+            setters = [
+                _c_function(instance, f"{prefix}openblas_set_num_threads{suffix}", None)
                 for instance in ((lib, own) if own else (lib,))
             ]
-            return _Cblas(
-                aliases[""], aliases["_nt"], bits, source, [t for t in threads if None not in t]
-            )
+            setters = [fn for fn in setters if fn is not None]
+            return _Cblas(aliases[""], aliases["_nt"], bits, source, setters, threads_fn)
     return None
 
 
@@ -218,10 +213,10 @@ def set_threads(count: int) -> int:
     count NumPy's had (1 without CBLAS).
 
     Example: ``previous = set_threads(1); ...; set_threads(previous)``."""
-    if _CBLAS is None or not _CBLAS.threads:
+    if _CBLAS is None or _CBLAS.get_threads is None:
         return 1
-    previous = int(_CBLAS.threads[0][1]())
-    for setter, _ in _CBLAS.threads:
+    previous = int(_CBLAS.get_threads())
+    for setter in _CBLAS.set_threads:
         setter(ctypes.c_int(count))
     return previous
 

@@ -563,12 +563,10 @@ class Program:
         holds one, undoes the call and refuses the data; a failed step (1, 2, 3:
         the kernel tests a step once, after its update) is undone by replaying the
         good ones from the backup."""
-        if status == 4 or (in_kernel and at < plan.nbatches and first_nonfinite(data) >= 0):
-            for dst, src in zip(call.saved, call.backup):
-                np.copyto(dst, src)
-            refuse_data()
         for dst, src in zip(call.saved, call.backup):
             np.copyto(dst, src)
+        if status == 4 or (in_kernel and at < plan.nbatches and first_nonfinite(data) >= 0):
+            refuse_data()  # (raises)
         args[call.slots["stop"]] = at
         call.train(*args)
 

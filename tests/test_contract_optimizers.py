@@ -208,6 +208,32 @@ def test_fit_twice_continues_from_current_params(prog, data):
     assert_dicts_close(params, want, rtol=1e-10, atol=1e-14, what="fit twice")
 
 
+def test_the_same_fit_call_again_with_adam_and_then_a_reshaped_data_array(prog, data):
+    """fit keeps its last call prepared and runs the same call again (the same
+    dict, arrays, optimizer and options) without preparing it anew: Adam's state
+    and step count must carry over as in one longer fit, values written into X
+    in place and a new learning rate must be read, and an X reshaped in place must be refused by name,
+    not indexed with the old shape."""
+    X0, Y0 = data
+    X, Y = X0.copy(), Y0.copy()
+    start = _start(21)
+    params = prog.init(start)
+    opt = gc.Adam(lr=0.05)
+    for _ in range(3):
+        prog.fit(params, X, Y, optimizer=opt, epochs=1, batch_size=2, shuffle=False)
+    ref = RefAdam(0.05)
+    want, _ = _replay(ref, start, X, Y, steps=9, batch_size=2)
+    assert_dicts_close(params, want, rtol=1e-9, atol=1e-13, what="three fits")
+    X *= -1.5  # the same array, new values
+    opt.values["lr"] = ref.lr = 0.02  # a new hyperparameter value
+    prog.fit(params, X, Y, optimizer=opt, epochs=1, batch_size=2, shuffle=False)
+    want, _ = _replay(ref, want, X, Y, steps=3, batch_size=2)
+    assert_dicts_close(params, want, rtol=1e-9, atol=1e-13, what="fit on new values")
+    X.shape = (4, 3)  # 12 entries, no longer 2 per sample
+    with pytest.raises(gc.GradcError, match="xs"):
+        prog.fit(params, X, Y, optimizer=opt, epochs=1, batch_size=2, shuffle=False)
+
+
 # ---------------------------------------------------------------- form (a) with optimizers
 
 w1, w2 = sp.symbols("w1 w2")

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import GradcError
 from ..kernels.runtime import seed_base, shuffle_epoch
 from .history import History
-from .program import _STATUS, FitPlan, Program, _progress
+from .program import _STATUS, FitPlan, FitRun, Program, _progress
 
 __all__ = ["CHUNK", "CudaProgram", "require_cuda"]
 
@@ -163,12 +163,16 @@ class CudaProgram(Program):
         return loss, self._as_user_dict(host, params)
 
     # -- training ---------------------------------------------------------------
-    def _run_fit(
-        self, opt, params, p, data, plan: FitPlan, progress, record_path, refuse_data
-    ) -> History:
+    def _prepare_fit(self, opt, p, plan: FitPlan, record_path) -> FitRun:
+        """Nothing is prepared on the host: every call moves its arrays to the device
+        (a run without a kernel call is never found again)."""
+        return FitRun(opt, p, plan, None, [], False)
+
+    def _run_fit(self, run: FitRun, data, params, progress, record_path, refuse_data) -> History:
         """``fit`` on the device: parameters, optimizer state and batches stay there
         until the end (or, with ``record_path``, are copied back after every step).
         The data is checked for NaN and inf here, before any step."""
+        opt, p, plan = run.opt, run.p, run.plan
         self._check_before_steps(p, data, plan, refuse_data)
         with _on_device():
             return self._fit_on_device(opt, params, p, data, plan, progress, record_path)

@@ -8,10 +8,13 @@ interleaved, the gemm calls of a training step's products through NumPy's
 instance and through second instances with other core types, for the peers
 benchmark's layer shapes, and writes ``benchmarks/results/blas_cores.md``.
 
-    python benchmarks/blas_cores.py [--cores Haswell,SkylakeX] [--repeats 41]
+    python benchmarks/blas_cores.py [--cores Haswell,SkylakeX] [--repeats 41] [--jax]
 
 Calls go through ctypes (~1 µs each, the same for every instance): the shapes
-are large enough that this is a few per cent at most.
+are large enough that this is a few per cent at most. ``--jax`` adds the same
+products as jitted JAX functions (XLA's CPU dot, Eigen's gemm; the ``bench``
+extra), called with ``block_until_ready`` (a few µs of dispatch each): the
+products JAX's epochs in ``benchmarks/peers.py`` are made of.
 """
 
 from __future__ import annotations
@@ -76,10 +79,36 @@ def _products(dtype, batch, n_in, n_out, rng):
     ]
 
 
+def _jax_products():
+    """The three products as jitted JAX functions of the gemm arguments' operands
+    (``--jax``), or exit naming the missing extra."""
+    # one thread, as every peer in benchmarks/peers.py (set before jax loads XLA)
+    os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        sys.exit("--jax needs jax (pip install -e '.[bench]')")
+    jax.config.update("jax_enable_x64", True)
+    forms = {
+        "x·Wᵀ (NT)": jax.jit(lambda a, b: a @ b.T),
+        "δ·W (NN)": jax.jit(lambda a, b: a @ b),
+        "δᵀ·x (TN)": jax.jit(lambda a, b: a.T @ b),
+    }
+
+    def make(label, gemm_args):
+        fn = forms[label]
+        a, b = jnp.asarray(gemm_args[5]), jnp.asarray(gemm_args[7])
+        return lambda *_: fn(a, b).block_until_ready()
+
+    return make
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="Haswell", help="other core types, comma-separated")
     ap.add_argument("--repeats", type=int, default=41)
+    ap.add_argument("--jax", action="store_true", help="add JAX's jitted products (XLA, Eigen)")
     ap.add_argument("--out", default=str(HERE / "results" / "blas_cores.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
@@ -99,6 +128,7 @@ def main() -> None:
         name = own.scipy_openblas_get_corename64_
         name.restype = ctypes.c_char_p
         instances[f"{name().decode()} (second instance)"] = own
+    jax_call = _jax_products() if args.jax else None
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     rows = []
@@ -106,6 +136,8 @@ def main() -> None:
         for batch, n_in, n_out in SHAPES:
             for label, gemm_args in _products(dtype, batch, n_in, n_out, rng):
                 calls = {k: _gemm(lib, dtype) for k, lib in instances.items()}
+                if jax_call is not None:
+                    calls["JAX (XLA, Eigen)"] = jax_call(label, gemm_args)
                 times = {k: [] for k in calls}
                 for call in calls.values():
                     call(*gemm_args)  # warm: buffers, pages
@@ -120,7 +152,7 @@ def main() -> None:
                 row += [f"{v:,.1f}" for v in med.values()]
                 row += [f"{first / v:.2f}" for v in list(med.values())[1:]]
                 rows.append(row)
-    names = list(instances)
+    names = list(instances) + (["JAX (XLA, Eigen)"] if jax_call is not None else [])
     headers = ["dtype", "layer (batch×in→out)", "product", *[f"{n} µs" for n in names]]
     headers += [f"NumPy's ÷ {n}" for n in names[1:]]
     wall = time.perf_counter() - started
@@ -131,7 +163,7 @@ def main() -> None:
         "interleaved calls per product and instance, one thread, one process pinned "
         "to one CPU, "
         "through ctypes (the same ~1 µs per call for every instance). A ratio above "
-        "1: the second instance is faster. gradc's kernels call: "
+        "1: the second instance (or JAX) is faster. gradc's kernels call: "
         f"{blas.BLAS}.",
         "",
         markdown_table(headers, rows),

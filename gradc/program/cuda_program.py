@@ -166,7 +166,7 @@ class CudaProgram(Program):
     def _prepare_fit(self, opt, p, plan: FitPlan, record_path) -> FitRun:
         """Nothing is prepared on the host: every call moves its arrays to the device
         (a run without a kernel call is never found again)."""
-        return FitRun(opt, p, plan, None, [], False)
+        return FitRun(opt, p, plan, None, [], False, opt.update_rule.stateless)
 
     def _run_fit(self, run: FitRun, data, params, progress, record_path, refuse_data) -> History:
         """``fit`` on the device: parameters, optimizer state and batches stay there

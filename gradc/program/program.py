@@ -82,6 +82,7 @@ class FitCall:
     backup: list  # their copies
     layout: tuple  # (batch size, rows, shuffled)
     hyper_names: tuple  # the optimizer's, in the order of the kernel's ``hp``
+    step_slots: tuple  # where start, stop, opt_step, losses and gnorms go
     _hyper: tuple = ((), None)  # the last hyperparameter values and their array
 
     def hyper_array(self, opt: Optimizer, dtype) -> np.ndarray:
@@ -116,12 +117,12 @@ class FitRun:
     call: FitCall | None  # None: the target prepares nothing (CUDA)
     args: list
     in_kernel: bool  # the kernel checks the data for NaN and inf
+    stateless: bool  # the optimizer keeps no state arrays and reads no step count
     # what the call was made from (``remember``): the optimizer argument, the
     # options, weak references to X and Y, and their layouts; empty: not to be
     # found again
     given: tuple = ()
     layouts: tuple = ()
-    stateless: bool = True  # the optimizer keeps no state arrays
 
     def remember(self, prog: Program, optimizer, options: tuple, X, Y, data: list) -> None:
         """Keep what this run was prepared from, when ``matches`` can recognise it:
@@ -136,7 +137,6 @@ class FitRun:
             return
         refs = (weakref.ref(X), weakref.ref(Y)) if data else (_no_data, _no_data)
         self.given = (optimizer, options, *refs)
-        self.stateless = self.opt.update_rule.stateless
         self.layouts = tuple((a.shape, a.strides, a.dtype) for a in data)
 
     def matches(self, prog: Program, params, X, Y, optimizer, options: tuple) -> bool:
@@ -574,7 +574,7 @@ class Program:
             args[slot["check_upto"]] = nbatches if in_kernel else 0
         args[slot["clip"]] = plan.clip
         args[slot["seed"]] = seed_base(plan.seed)
-        return FitRun(opt, p, plan, call, args, in_kernel)
+        return FitRun(opt, p, plan, call, args, in_kernel, opt.update_rule.stateless)
 
     def _run_fit(self, run: FitRun, data, params, progress, record_path, refuse_data) -> History:
         """The steps of ``fit`` (after its argument checks), in the fused epoch kernel."""
@@ -584,10 +584,16 @@ class Program:
         slot = call.slots
         self._check_before_steps(p, data, plan, refuse_data, data_later=run.in_kernel)
         args[slot["hp"]] = call.hyper_array(opt, self.dtype)
+        i_start, i_stop, i_step, i_losses, i_gnorms = call.step_slots
+        # the first call compiles or loads the kernel: timed (Program.timings)
         train = call.train
+        if call.name not in self.timings:
+            train = lambda *a: self._timed_call(call.name, call.train, a)  # noqa: E731
 
         path = [self._snapshot(p, params)] if record_path else []
-        bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
+        bar = (
+            _progress(progress, total_steps, bs if has_data else 0, nbatches) if progress else None
+        )
         # one kernel call runs every epoch (it reshuffles at each epoch's start);
         # Python sees each step only to record the path, each epoch only to draw
         # the progress bar
@@ -607,16 +613,17 @@ class Program:
         try:
             for start in range(0, total_steps, chunk):
                 stop = min(start + chunk, total_steps)
-                args[slot["start"]], args[slot["stop"]] = start, stop
-                args[slot["opt_step"]] = self._opt_steps(opt)
+                args[i_start], args[i_stop] = start, stop
+                args[i_step] = 0 if run.stateless else self._opt_steps(opt)
                 whole = stop - start == total_steps  # (a slice costs ~0.15 µs)
-                args[slot["losses"]] = losses if whole else losses[start:stop]
-                args[slot["gnorms"]] = sq_norms if whole else sq_norms[start:stop]
-                status, at = self._timed_call(call.name, train, args)
+                args[i_losses] = losses if whole else losses[start:stop]
+                args[i_gnorms] = sq_norms if whole else sq_norms[start:stop]
+                status, at = train(*args)
                 if status:
                     self._stopped(status, at, run, data, refuse_data)
                 ran = (at if status else stop) - start
-                self._advance_opt(opt, ran)
+                if not run.stateless:
+                    self._advance_opt(opt, ran)
                 done = start + ran
                 if status:
                     self._write_back(p, params)
@@ -749,6 +756,9 @@ class Program:
             backup=backup,
             layout=(bs, nrows, plan.shuffle),
             hyper_names=tuple(opt.update_rule.hyper_names),
+            step_slots=tuple(
+                arg_names.index(a) for a in ("start", "stop", "opt_step", "losses", "gnorms")
+            ),
         )
         if len(self._fit_calls) >= 2:
             self._fit_calls.clear()

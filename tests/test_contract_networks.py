@@ -710,6 +710,42 @@ def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch
     assert "local_row(" in prog.source["train"]
 
 
+def test_arrays_on_huge_pages_train_as_plain_ones(monkeypatch):
+    """Large sets of a program's arrays (parameters from init, fit's buffers and
+    workspace, Adam's state) share one mapping advised for huge pages
+    (program/memory.py). With the threshold at 0 every set goes there: views
+    that must not overlap, zeroed, and a shuffled Adam fit with a batch of 4
+    replayed with the NumPy δ recursion, reference Adam and fit's seeded order."""
+    from gradc.program import memory
+
+    monkeypatch.setattr(memory, "HUGE_MIN_BYTES", 0)
+    shapes = [(3, 5), (7,), (), (2, 2)]
+    arrays = memory.empty_arrays(shapes, np.float32)
+    assert [a.shape for a in arrays] == shapes and all(a.dtype == np.float32 for a in arrays)
+    for k, a in enumerate(arrays):
+        assert not a.any() and a.flags.c_contiguous and a.flags.writeable
+        a[...] = k + 1
+    assert [float(a.sum()) for a in arrays] == [15.0, 14.0, 3.0, 16.0]  # no overlap
+
+    widths, acts = [4, 6, 3], ["tanh", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=41, scale=0.5)
+    prog = gc.compile(net, loss=gc.mse)
+    names = _layer_names(net)
+    X, Y = _data(widths, "mse", 8, 41)
+    params = prog.init(values)
+    assert all(isinstance(v.base, np.ndarray) for v in params.values())  # views: mapped
+    prog.fit(params, X, Y, optimizer=gc.Adam(0.05), epochs=2, batch_size=4, seed=5)
+    ref, want = RefAdam(0.05), {k: np.array(v, float) for k, v in values.items()}
+    for epoch in range(2):
+        order = np.arange(8)
+        shuffle_rows(order, 8, np.uint64((5 * 1_000_003 + epoch) % 2**63))
+        for s in range(0, 8, 4):
+            rows = order[s : s + 4]
+            _, g = mlp_grad_dict(want, names, acts, X[rows], Y[rows])
+            want = ref.step(want, g)
+    assert_dicts_close(params, want, rtol=1e-10, atol=1e-13, what="huge pages")
+
+
 def test_repeated_fits_see_new_arrays_and_changed_values():
     """fit keeps its prepared kernel call for the next call with the same arrays
     (by identity): a second call must still see data changed in place, new data

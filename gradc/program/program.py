@@ -29,6 +29,7 @@ from .data import data_arrays, first_nonfinite, key_name, param_array
 from .health import warn_if_unhealthy
 from .history import History
 from .init import initial_values
+from .memory import empty_arrays
 
 __all__ = ["Program"]
 
@@ -279,7 +280,7 @@ class Program:
         if found is None:
             if len(self._fit_arrays) > 16:
                 self._fit_arrays.clear()
-            found = [np.empty(s, dtype=dtype or self.dtype) for s in shapes]
+            found = empty_arrays(shapes, dtype or self.dtype)
             self._fit_arrays[key] = found
         return found
 
@@ -288,10 +289,11 @@ class Program:
         if ws is None:
             if len(self._workspaces) > 4:
                 self._workspaces.clear()
-            ws = {}
-            for b in self.kernels.buffers:
-                shape = (capacity, b.shape[0] * b.shape[1]) if b.batched else b.shape
-                ws[b.name] = np.zeros(shape, dtype=self.dtype)
+            buffers = self.kernels.buffers
+            shapes = [
+                (capacity, b.shape[0] * b.shape[1]) if b.batched else b.shape for b in buffers
+            ]
+            ws = dict(zip([b.name for b in buffers], empty_arrays(shapes, self.dtype)))
             self._workspaces[capacity] = ws
         return ws
 
@@ -312,8 +314,13 @@ class Program:
         for key, value in (values or {}).items():
             name = key_name(key)
             leaf = self._leaf(name)
-            arr = param_array(leaf, value, self.dtype).copy()
+            arr = param_array(leaf, value, self.dtype)
             params[name] = arr.reshape(params[name].shape)
+        # large parameters share one mapping on huge pages (memory.py)
+        homes = empty_arrays([arr.shape for arr in params.values()], self.dtype)
+        for home, name in zip(homes, list(params)):
+            home[...] = params[name]
+            params[name] = home
         return params
 
     def _leaf(self, name: str):
@@ -851,10 +858,8 @@ class Program:
         store = opt.__dict__.setdefault("_gradc_state", {})
         if key not in store:
             nstate = len(opt.update_rule.state_names)
-            store[key] = {
-                "t": 0,
-                "arrays": [[np.zeros_like(a) for _ in range(nstate)] for a in p],
-            }
+            flat = iter(empty_arrays([a.shape for a in p for _ in range(nstate)], self.dtype))
+            store[key] = {"t": 0, "arrays": [[next(flat) for _ in range(nstate)] for _ in p]}
         return store[key]["arrays"]
 
     def _opt_steps(self, opt: Optimizer) -> int:

@@ -682,12 +682,7 @@ class Program:
         """fit's checks before its first step: the data for NaN and inf (unless the
         kernel checks it, ``data_later``), then, when no step will show them, the
         parameters."""
-        if data_later:
-            pass
-        elif len(data) == 2:  # (data arrays are C-contiguous, in the program's dtype)
-            if not pair_finite(data[0], data[1]):
-                refuse_data()
-        elif first_nonfinite(data) >= 0:
+        if not data_later and not _data_finite(data):
             refuse_data()
         if plan.total_steps == 0 and (error := self._nonfinite_param(p)):
             raise error
@@ -923,6 +918,14 @@ def _finite(value: float, what: str) -> float:
             "outside a function's domain)"
         )
     return value
+
+
+def _data_finite(data: list) -> bool:
+    """Whether fit's data arrays (C-contiguous, in the program's dtype) hold no NaN
+    or inf; an input and a target (the common case) in one compiled call."""
+    if len(data) == 2:
+        return pair_finite(data[0], data[1])
+    return first_nonfinite(data) < 0
 
 
 def _same_arrays(saved: list, p: list, states: list) -> bool:

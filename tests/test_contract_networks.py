@@ -710,6 +710,14 @@ def test_update_paths_with_adam_and_clipping_against_the_reference(widths, batch
     assert "local_row(" in prog.source["train"]
 
 
+def _mse_case(widths, acts, *, seed, rows):
+    """A compiled MSE network with its layer names, initial values (scale 0.5) and
+    ``rows`` samples of data, all from ``seed``."""
+    net, values = _net_and_params(widths, acts, seed=seed, scale=0.5)
+    X, Y = _data(widths, "mse", rows, seed)
+    return gc.compile(net, loss=gc.mse), _layer_names(net), values, X, Y
+
+
 def test_arrays_on_huge_pages_train_as_plain_ones(monkeypatch):
     """Large sets of a program's arrays (parameters from init, fit's buffers and
     workspace, Adam's state) share one mapping advised for huge pages
@@ -727,11 +735,8 @@ def test_arrays_on_huge_pages_train_as_plain_ones(monkeypatch):
         a[...] = k + 1
     assert [float(a.sum()) for a in arrays] == [15.0, 14.0, 3.0, 16.0]  # no overlap
 
-    widths, acts = [4, 6, 3], ["tanh", "sigmoid"]
-    net, values = _net_and_params(widths, acts, seed=41, scale=0.5)
-    prog = gc.compile(net, loss=gc.mse)
-    names = _layer_names(net)
-    X, Y = _data(widths, "mse", 8, 41)
+    acts = ["tanh", "sigmoid"]
+    prog, names, values, X, Y = _mse_case([4, 6, 3], acts, seed=41, rows=8)
     params = prog.init(values)
     assert all(isinstance(v.base, np.ndarray) for v in params.values())  # views: mapped
     prog.fit(params, X, Y, optimizer=gc.Adam(0.05), epochs=2, batch_size=4, seed=5)
@@ -751,11 +756,8 @@ def test_repeated_fits_see_new_arrays_and_changed_values():
     (by identity): a second call must still see data changed in place, new data
     arrays, a parameter array replaced in the dict, and NaN written into the data
     since the last call. Replayed with the NumPy δ recursion."""
-    widths, acts = [3, 4, 2], ["sigmoid", "sigmoid"]
-    net, values = _net_and_params(widths, acts, seed=31, scale=0.5)
-    prog = gc.compile(net, loss=gc.mse)
-    names = _layer_names(net)
-    X, Y = _data(widths, "mse", 6, 31)
+    acts = ["sigmoid", "sigmoid"]
+    prog, names, values, X, Y = _mse_case([3, 4, 2], acts, seed=31, rows=6)
     params = prog.init(values)
     want = {k: np.array(v, float) for k, v in values.items()}
     opt = gc.SGD(0.2)

@@ -728,7 +728,7 @@ def test_arrays_on_huge_pages_train_as_plain_ones(monkeypatch):
 
     monkeypatch.setattr(memory, "HUGE_MIN_BYTES", 0)
     shapes = [(3, 5), (7,), (), (2, 2)]
-    arrays = memory.empty_arrays(shapes, np.float32)
+    arrays = memory.zeroed_arrays(shapes, np.float32)
     assert [a.shape for a in arrays] == shapes and all(a.dtype == np.float32 for a in arrays)
     for k, a in enumerate(arrays):
         assert not a.any() and a.flags.c_contiguous and a.flags.writeable

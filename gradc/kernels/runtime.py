@@ -251,7 +251,7 @@ def entries_finite(a):
 def pair_finite(a, b):
     """Whether every entry of two C-contiguous arrays is finite (fit's X and Y in
     one call: ~0.3 µs less than two)."""
-    return rows_finite(a.reshape((1, a.size))) and rows_finite(b.reshape((1, b.size)))
+    return entries_finite(a) and entries_finite(b)
 
 
 @numba.njit(**_LIGHT)

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["HUGE_MIN_BYTES", "empty_arrays"]
+__all__ = ["HUGE_MIN_BYTES", "zeroed_arrays"]
 
 # Sets of arrays from this many bytes in all share one mapping advised for huge
 # pages; smaller ones are plain NumPy arrays (a mapping costs a system call and
@@ -31,13 +31,13 @@ _HUGE_PAGE = 2 << 20
 _ALIGN = 64  # each array's start: a cache line
 
 
-def empty_arrays(shapes: list[tuple[int, ...]], dtype) -> list[np.ndarray]:
+def zeroed_arrays(shapes: list[tuple[int, ...]], dtype) -> list[np.ndarray]:
     """Zeroed, C-contiguous arrays of ``shapes`` in ``dtype``: views into one
     anonymous mapping advised for transparent huge pages when they take
     ``HUGE_MIN_BYTES`` or more in all (on Linux), else ``np.zeros`` each. The
     mapping lives as long as any of its arrays.
 
-    >>> a, b = empty_arrays([(2, 3), (4,)], np.float64)
+    >>> a, b = zeroed_arrays([(2, 3), (4,)], np.float64)
     >>> a.shape, b.shape, float(a.sum() + b.sum())
     ((2, 3), (4,), 0.0)
     """

@@ -29,7 +29,7 @@ from .data import data_arrays, first_nonfinite, key_name, param_array
 from .health import warn_if_unhealthy
 from .history import History
 from .init import initial_values
-from .memory import empty_arrays
+from .memory import zeroed_arrays
 
 __all__ = ["Program"]
 
@@ -280,7 +280,7 @@ class Program:
         if found is None:
             if len(self._fit_arrays) > 16:
                 self._fit_arrays.clear()
-            found = empty_arrays(shapes, dtype or self.dtype)
+            found = zeroed_arrays(shapes, dtype or self.dtype)
             self._fit_arrays[key] = found
         return found
 
@@ -293,7 +293,7 @@ class Program:
             shapes = [
                 (capacity, b.shape[0] * b.shape[1]) if b.batched else b.shape for b in buffers
             ]
-            ws = dict(zip([b.name for b in buffers], empty_arrays(shapes, self.dtype)))
+            ws = dict(zip([b.name for b in buffers], zeroed_arrays(shapes, self.dtype)))
             self._workspaces[capacity] = ws
         return ws
 
@@ -317,7 +317,7 @@ class Program:
             arr = param_array(leaf, value, self.dtype)
             params[name] = arr.reshape(params[name].shape)
         # large parameters share one mapping on huge pages (memory.py)
-        homes = empty_arrays([arr.shape for arr in params.values()], self.dtype)
+        homes = zeroed_arrays([arr.shape for arr in params.values()], self.dtype)
         for home, name in zip(homes, list(params)):
             home[...] = params[name]
             params[name] = home
@@ -601,9 +601,7 @@ class Program:
             train = lambda *a: self._timed_call(call.name, call.train, a)  # noqa: E731
 
         path = [self._snapshot(p, params)] if record_path else []
-        bar = (
-            _progress(progress, total_steps, bs if has_data else 0, nbatches) if progress else None
-        )
+        bar = _progress(progress, total_steps, bs if has_data else 0, nbatches)
         # one kernel call runs every epoch (it reshuffles at each epoch's start);
         # Python sees each step only to record the path, each epoch only to draw
         # the progress bar
@@ -853,7 +851,7 @@ class Program:
         store = opt.__dict__.setdefault("_gradc_state", {})
         if key not in store:
             nstate = len(opt.update_rule.state_names)
-            flat = iter(empty_arrays([a.shape for a in p for _ in range(nstate)], self.dtype))
+            flat = iter(zeroed_arrays([a.shape for a in p for _ in range(nstate)], self.dtype))
             store[key] = {"t": 0, "arrays": [[next(flat) for _ in range(nstate)] for _ in p]}
         return store[key]["arrays"]
 

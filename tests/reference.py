@@ -143,6 +143,13 @@ def mlp_value_and_grad(layers, X, Y, loss="mse"):
 
     Returns (loss, [(dW, db), ...]) with db of shape (out, 1).
     """
+    value, grads, _ = mlp_backprop(layers, X, Y, loss)
+    return value, grads
+
+
+def mlp_backprop(layers, X, Y, loss="mse"):
+    """The recursion of ``mlp_value_and_grad`` carried one step further, to the data:
+    returns (loss, grads, dJ/dX) with dJ/dX = (W^1)^T delta^1, one row per sample."""
     Zs, A = mlp_forward(layers, X)
     Yc = _as_2d_rows(Y).T
     n = Yc.shape[1]
@@ -157,7 +164,7 @@ def mlp_value_and_grad(layers, X, Y, loss="mse"):
         db = delta.sum(axis=1, keepdims=True)
         grads[k] = (dW, db)
         g_a = np.asarray(W, np.float64).T @ delta
-    return value, grads
+    return value, grads, g_a.T
 
 
 def layers_from_params(params, names, acts):

@@ -18,7 +18,15 @@ import textwrap
 import numpy as np
 import pytest
 import sympy as sp
-from reference import copy_params, finite_diff, max_rel_err, mlp_grad_dict, mlp_loss_dict
+from reference import (
+    copy_params,
+    finite_diff,
+    layers_from_params,
+    max_rel_err,
+    mlp_backprop,
+    mlp_grad_dict,
+    mlp_loss_dict,
+)
 
 import gradc as gc
 
@@ -89,6 +97,14 @@ def test_loss_and_gradient_match_cpu_and_references(mse_pair, data, params):
     _close(grads_g, ref_grads, what="cuda vs δ recursion")
     fd = finite_diff(lambda q: mlp_loss_dict(q, NAMES, ["sigmoid", "sigmoid"], X, Y), params)
     _close(grads_g, fd, tol=1e-6, what="cuda vs finite differences")
+
+
+def test_input_grad_of_a_cuda_program(mse_pair, data, params):
+    """∂L/∂X is computed by CPU kernels for every target: a CUDA program gives it too."""
+    _, gpu = mse_pair
+    X, Y = data
+    ref = layers_from_params(params, NAMES, ["sigmoid", "sigmoid"])
+    assert max_rel_err(gpu.input_grad(params, X, Y), mlp_backprop(ref, X, Y)[2]) < 1e-10
 
 
 def test_predict_matches_cpu(mse_pair, data, params):

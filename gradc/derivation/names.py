@@ -56,6 +56,9 @@ def display_names(deriv: Derivation) -> dict[int, str | None]:
     for k, g in enumerate(deriv.grads):
         if g is not None and not isinstance(g, Leaf):
             names[g.id] = f"∂L/∂{graph.params[k].label}"
+    for k, g in enumerate(deriv.input_grads):
+        if g is not None and names.get(g.id) is None:
+            names[g.id] = f"δ{graph.inputs[k].label}"  # ∂L/∂x of each sample
     # unnamed nodes read more than once get a temporary name
     uses = consumers(deriv.forward + deriv.backward)
     k = 0

@@ -24,6 +24,9 @@ class Derivation:
     backward: list[Node]  # adjoint nodes, in evaluation order
     seed: Leaf  # δ of the loss: 1/n per sample (or 1 with no data)
     grads: list[Node | None]  # per parameter: the node holding ∂L/∂θ, None = zero
+    # per input, when derived with inputs=True: the node holding ∂L/∂x of each sample
+    # (batched, 1/n included, so it is the gradient of the batch's mean loss)
+    input_grads: list[Node | None] = field(default_factory=list)
     delta_of: dict[int, Node] = field(default_factory=dict)  # forward node id → its δ node
     seconds: float = 0.0
 

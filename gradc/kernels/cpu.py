@@ -85,6 +85,8 @@ class CpuKernels:
     backward_args: list[str]
     output_view: tuple[str, bool] | None  # (storage name, transposed) for predict
     float32: bool
+    # per input of a derivation with inputs=True: the buffer backward leaves ∂L/∂x in
+    input_grad_buffers: list[str | None] = field(default_factory=list)
 
     def optimizer(self, rule: UpdateRule) -> OptimizerKernels:
         """The update and training kernels for one optimizer rule."""
@@ -137,7 +139,10 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         """Anonymous Maps read once by another Map of the same kernel are computed
         inside their reader's loop instead of in a loop (and buffer) of their own."""
         deriv = self.deriv
-        roots = {deriv.graph.loss.id, *(g.id for g in deriv.grads if g is not None)}
+        roots = {
+            deriv.graph.loss.id,
+            *(g.id for g in deriv.grads + deriv.input_grads if g is not None),
+        }
         if deriv.graph.output is not None:
             roots.add(deriv.graph.output.id)
         named = {k for k, v in display_names(deriv).items() if v is not None}
@@ -793,6 +798,9 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             backward_args=bwd_args,
             output_view=self.output_view(),
             float32=self.float32,
+            input_grad_buffers=[
+                None if d is None else self.name(d) for d in self.deriv.input_grads
+            ],
         )
 
     def optimizer(self, rule: UpdateRule) -> OptimizerKernels:

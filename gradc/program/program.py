@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..derivation.program import Derivation
+from ..derivation.reverse import derive_shared
 from ..errors import GradcError
 from ..graph.lower import Graph
 from ..kernels.cache import load_module
-from ..kernels.cpu import CpuKernels
+from ..kernels.cpu import CpuKernels, print_cpu
 from ..kernels.cpu_lanes import LANES_MIN_BATCH
 from ..kernels.runtime import entries_finite, pair_finite, seed_base
 from ..spec.model import Spec
@@ -224,6 +225,7 @@ class Program:
         # this program's optimizer state on an optimizer object (see _optimizer_state)
         self._state_key = (id(self), self._param_shapes, self.dtype.str)
         self._no_state: list[list] = [[] for _ in graph.params]  # a stateless rule's
+        self._with_inputs: Program | None = None  # derived with ∂L/∂x (_input_program)
 
     # -- kernels ---------------------------------------------------------------
     @property
@@ -475,6 +477,67 @@ class Program:
     def grad(self, params: Mapping, X=None, Y=None) -> dict[str, np.ndarray]:
         """The gradient of the mean loss, a dict shaped like ``params``."""
         return self.value_and_grad(params, X, Y)[1]
+
+    def input_grad(self, params: Mapping, X, Y=None):
+        """∂(mean loss)/∂X: the gradient with respect to the data, shaped like ``X``
+        (one row per sample; a tuple in the order of ``inputs`` for several).
+
+        The δ recursion carried one step further, to the input (δ⁰ = W¹ᵀδ¹ for a
+        dense layer): the sweep a program's own gradients leave out, since data
+        needs no update. Saliency maps, adversarial examples and inverse problems
+        use it. Its kernels are derived (shared δ, whatever the program's strategy)
+        and compiled on the first call, on the CPU for every target.
+
+        >>> import numpy as np, sympy as sp, gradc as gc
+        >>> w, b, x, y = sp.symbols("w b x y")
+        >>> prog = gc.compile(gc.mse(w*x + b, y), params=[w, b], inputs=[x], targets=[y])
+        >>> params = prog.init({w: 2.0, b: 0.0})
+        >>> prog.input_grad(params, np.array([1.0, 2.0]), np.array([0.0, 0.0]))  # w(wx+b−y)/n
+        array([2., 4.])
+        """
+        if not self.graph.inputs:
+            raise GradcError("input_grad needs a spec with inputs: this one has none")
+        prog = self._input_program()
+        p = prog._params(params)
+        data, n = prog._data(X, Y)
+        grads = [np.zeros(shape, dtype=self.dtype) for shape in self._param_shapes]
+        args = prog._kernel_args("forward", n, p, data)
+        _finite(float(prog._timed_call("forward", prog.module.forward, args)), "loss")
+        args = prog._kernel_args("backward", n, p, data, grads)
+        prog._timed_call("backward", prog.module.backward, args)
+        given = X if len(self.graph.inputs) > 1 else (X,)
+        out = []
+        for leaf, name, like in zip(self.graph.inputs, prog.kernels.input_grad_buffers, given):
+            if name is None:  # the loss does not depend on this input
+                value = np.zeros((n, leaf.size), dtype=self.dtype)
+            else:
+                value = np.array(prog._workspace(n)[name][:n], copy=True)
+            if not entries_finite(value):
+                raise GradcError(
+                    f"the gradient for input {leaf.label!r} is not finite at these parameters"
+                )
+            shape = np.shape(like)
+            out.append(value.reshape(shape) if math.prod(shape) == value.size else value)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _input_program(self) -> Program:
+        """The CPU program of this spec derived with ∂L/∂x (made on first use)."""
+        found = self._with_inputs
+        if found is None:
+            start = time.perf_counter()
+            derivation = derive_shared(self.graph, inputs=True)
+            found = Program(
+                self.spec,
+                self.graph,
+                derivation,
+                print_cpu(derivation, self.dtype.name),
+                target="cpu",
+                dtype=self.dtype.name,
+                optimizer=self.optimizer,
+                derive_seconds=time.perf_counter() - start,
+            )
+            self._with_inputs = found
+        return found
 
     def _as_user_dict(self, arrays, like: Mapping) -> dict[str, np.ndarray]:
         names = {key_name(k): k for k in like}
@@ -896,11 +959,13 @@ class Program:
 
         return build_report(self)
 
-    def explain(self, latex: bool = False) -> str:
-        """The derived equations: each layer's δ and each gradient in terms of δ."""
+    def explain(self, latex: bool = False, *, inputs: bool = False) -> str:
+        """The derived equations: each layer's δ and each gradient in terms of δ;
+        with ``inputs=True`` also the δ of the data (``input_grad``'s derivation)."""
         from ..derivation.explain import explain
 
-        return explain(self.derivation, latex=latex)
+        derivation = self._input_program().derivation if inputs else self.derivation
+        return explain(derivation, latex=latex)
 
     def __repr__(self) -> str:
         net = self.spec.network

@@ -169,10 +169,18 @@ class RatioRun:
     backward_ops: int
     api_loss_s: float
     api_grad_s: float
+    # the backward pass carried on to the data (``prog.input_grad``'s kernels): the
+    # seed's backward, two products per layer (∂L/∂W and ∂L/∂x, seed 000 §3.3)
+    backward_in_s: float = float("nan")
+    backward_in_ops: int = 0
 
     @property
     def ratio(self) -> float:
         return self.backward_s / self.forward_s
+
+    @property
+    def ratio_in(self) -> float:
+        return self.backward_in_s / self.forward_s
 
     @property
     def label(self) -> str:
@@ -254,30 +262,27 @@ def _median_time(fn, repeats: int, max_seconds: float) -> float:
     return float(statistics.median(times))
 
 
-def _interleaved(a, b, max_seconds: float, max_repeats: int = 2001) -> tuple[float, float]:
-    """Median seconds of ``a()`` and of ``b()``, called in turn (a, b, a, b, …) so that a
-    slow moment of a shared machine hits both alike."""
+def _interleaved(*fns, max_seconds: float, max_repeats: int = 2001) -> list[float]:
+    """Median seconds of each of ``fns``, called in turn (a, b, a, b, …) so that a
+    slow moment of a shared machine hits them alike."""
     t0 = time.perf_counter()
-    a()
-    b()
+    for fn in fns:
+        fn()
     one = time.perf_counter() - t0
     reps = int(min(max_repeats, max(7, max_seconds / max(one, 1e-7))))
-    ta, tb = [], []
+    times: list[list[float]] = [[] for _ in fns]
     was = _pygc.isenabled()
     _pygc.disable()
     try:
         for _ in range(reps):
-            t0 = time.perf_counter()
-            a()
-            t1 = time.perf_counter()
-            b()
-            t2 = time.perf_counter()
-            ta.append(t1 - t0)
-            tb.append(t2 - t1)
+            for fn, spent in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - t0)
     finally:
         if was:
             _pygc.enable()
-    return float(statistics.median(ta)), float(statistics.median(tb))
+    return [float(statistics.median(t)) for t in times]
 
 
 def _kernel_calls(prog, params, X, Y):
@@ -599,13 +604,17 @@ def _measure_ratio(sizes, cfg: BenchConfig, rng, activation: str = "sigmoid") ->
     X = rng.normal(size=(n, sizes[0]))
     Y = rng.uniform(size=(n, sizes[-1]))
     prog.value_and_grad(params, X, Y)  # compiles both kernels
+    prog.input_grad(params, X, Y)  # and those carried on to ∂L/∂x
+    with_inputs = prog._input_program()
     fwd, bwd = _kernel_calls(prog, params, X, Y)
+    fwd_in, bwd_in = _kernel_calls(with_inputs, params, X, Y)
     fwd()
-    t_f, t_b = _interleaved(fwd, bwd, cfg.time_per_measure)
+    fwd_in()  # leaves the values its backward reads
+    t_f, t_b, t_bi = _interleaved(fwd, bwd, bwd_in, max_seconds=cfg.time_per_measure)
     api_loss, api_grad = _interleaved(
         lambda: prog.loss(params, X, Y),
         lambda: prog.grad(params, X, Y),
-        cfg.time_per_measure / 2,
+        max_seconds=cfg.time_per_measure / 2,
     )
     return RatioRun(
         sizes,
@@ -618,6 +627,8 @@ def _measure_ratio(sizes, cfg: BenchConfig, rng, activation: str = "sigmoid") ->
         counts["backward"].total,
         api_loss,
         api_grad,
+        t_bi,
+        count_derivation(with_inputs.derivation)["backward"].total,
     )
 
 
@@ -833,6 +844,9 @@ def _ratio_table(rows: list[RatioRun]) -> str:
                 _fmt_us(r.backward_s),
                 f"**{r.ratio:.2f}**",
                 f"{r.backward_ops / max(r.forward_ops, 1):.2f}",
+                _fmt_us(r.backward_in_s),
+                f"**{r.ratio_in:.2f}**",
+                f"{r.backward_in_ops / max(r.forward_ops, 1):.2f}",
                 f"{1 + r.ratio:.2f}",
                 f"{r.api_grad_s / r.api_loss_s:.2f}",
             ]
@@ -846,11 +860,14 @@ def _ratio_table(rows: list[RatioRun]) -> str:
             "backward kernel µs",
             "backward ÷ forward time",
             "backward ÷ forward ops",
+            "backward to the data µs",
+            "backward to the data ÷ forward time",
+            "backward to the data ÷ forward ops",
             "(forward + backward) ÷ forward time",
             "prog.grad ÷ prog.loss time",
         ],
         out,
-        "ll" + "r" * 7,
+        "ll" + "r" * 10,
     )
 
 
@@ -912,6 +929,16 @@ def _criteria(res: Results) -> list[tuple[str, bool | None, str]]:
             text,
         )
     )
+    if mid:
+        ok = all(1.0 <= r.ratio_in <= 3.0 for r in mid)
+        text = ", ".join(f"{r.label}: {r.ratio_in:.2f}" for r in mid)
+        out.append(
+            (
+                "the same, for the seed's backward pass (carried on to ∂L/∂x, seed 000 §3.3)",
+                ok,
+                text,
+            )
+        )
     checked = [r for r in res.width + res.depth if r.rel_diff is not None]
     seen = {}
     for r in checked:
@@ -1005,6 +1032,11 @@ def _reading(res: Results) -> str:
                     f"{_range([r.ratio for r in relu])}"
                 )
         text += (
+            ". Carried on to the data as the seed's backward pass is (∂L/∂x as well, "
+            f"{_range([r.backward_in_ops / r.forward_ops for r in mid])}× the forward "
+            f"operations), it costs {_range([r.ratio_in for r in mid])}× the forward pass"
+        )
+        text += (
             f". A whole gradient (forward + backward) costs {_range([1 + r.ratio for r in mid])}× "
             'a forward pass: a small constant, not "parameters × forward".'
         )
@@ -1072,7 +1104,11 @@ def _markdown(res: Results, files: dict[str, str], command: str) -> str:
         "`value_and_grad` gives them (median over interleaved repeats, one BLAS thread). "
         "The last column times the public `prog.grad` against `prog.loss` instead, "
         "Python-side checks included. Only sigmoid rows are judged; relu rows (no exp in "
-        "the forward pass) show where the time goes.",
+        "the forward pass) show where the time goes. *Backward to the data* is the same "
+        "backward pass carried on to ∂L/∂x (the kernels of `prog.input_grad`): the seed's "
+        "backward pass, two products per layer, one to the weights and one to the input "
+        "(seed 000 §3.3). A program's own gradients leave the last of those out: data "
+        "needs no gradient.",
         "",
         _ratio_table(res.ratio),
         "",
@@ -1256,6 +1292,15 @@ def _plots(res: Results, out: Path, suffix: str, verbose: bool) -> dict[str, str
                         color="grey",
                         label=f"operations, {hidden}",
                     )
+                    ax.semilogx(
+                        [r.params for r in rows],
+                        [r.ratio_in for r in rows],
+                        "--",
+                        marker=markers[d],
+                        color=colors.get(act),
+                        alpha=0.6,
+                        label=f"time, backward to the data, {act}, {hidden}",
+                    )
         ax.axhspan(1, 3, color="green", alpha=0.08, label="1 to 3")
         ax.set_xlabel("parameters")
         ax.set_ylabel("backward ÷ forward")
@@ -1288,7 +1333,10 @@ def _jsonable(res: Results) -> dict:
         "slopes": res.slopes,
         "width": [net(r) for r in res.width],
         "depth": [net(r) for r in res.depth],
-        "ratio": [{**asdict(r), "network": r.label, "ratio": r.ratio} for r in res.ratio],
+        "ratio": [
+            {**asdict(r), "network": r.label, "ratio": r.ratio, "ratio_to_data": r.ratio_in}
+            for r in res.ratio
+        ],
         "criteria": [{"criterion": t, "met": ok, "value": v} for t, ok, v in _criteria(res)],
         "gradients_agree": res.agreement_ok,
         "failures": res.failures,

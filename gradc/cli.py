@@ -99,7 +99,7 @@ def cmd_compile(args) -> int:
 
 def cmd_explain(args) -> int:
     prog = _compile(args.spec, args)
-    print(prog.explain(latex=args.latex))
+    print(prog.explain(latex=args.latex, inputs=args.inputs))
     return 0
 
 
@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here")
     e = spec_cmd("explain", "print the derived equations of SPEC.py", cmd_explain)
     e.add_argument("--latex", action="store_true")
+    e.add_argument(
+        "--inputs", action="store_true", help="carry δ on to the data inputs (∂L/∂x) too"
+    )
     f = spec_cmd("fit", "train SPEC.py on X, Y from an .npz file", cmd_fit)
     f.add_argument("--data", required=True, metavar="FILE.npz")
     f.add_argument("--epochs", type=int, default=10)

@@ -58,6 +58,10 @@ def test_explain_prints_the_gradients(spec_file):
     out = run("explain", str(spec_file))
     assert out.returncode == 0, out.stderr
     assert "∂L/∂w" in out.stdout and "∂L/∂b" in out.stdout
+    assert "δx" not in out.stdout
+    out = run("explain", str(spec_file), "--inputs")
+    assert out.returncode == 0, out.stderr
+    assert "δx" in out.stdout  # δ carried on to the data input
 
 
 def test_fit_trains_and_saves_loadable_params(spec_file, tmp_path):

@@ -58,6 +58,24 @@ def test_same_spec_twice_reuses_the_module():
     assert load_module(a.kernels.module_source) is load_module(b.kernels.module_source)
 
 
+def test_kernel_source_names_the_helpers_it_links():
+    """A kernel links runtime.py's and blas.py's compiled helpers into its own code, and
+    Numba's disk cache checks only the kernel's file: the source carries a digest of
+    theirs, so a kernel cached before they changed is never loaded after."""
+    import hashlib
+    from pathlib import Path
+
+    import gradc.kernels.runtime as runtime
+
+    here = Path(runtime.__file__).parent
+    digest = hashlib.sha256(
+        (here / "runtime.py").read_bytes() + (here / "blas.py").read_bytes()
+    ).hexdigest()[:12]
+    w, x, y = sp.symbols("w x y")
+    prog = gc.compile(gc.mse(w * x, y), params=[w], inputs=[x], targets=[y])
+    assert f"helpers {digest}" in prog.kernels.module_source
+
+
 def test_float32_kernels_stay_float32():
     net = gc.Sequential(gc.Dense(3, 3, gc.tanh), gc.Dense(3, 2))
     prog = gc.compile(net, loss=gc.mse, dtype="float32")
@@ -255,6 +273,8 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
         (17, 50, 130),
         (64, 9, 128),
         (65, 9, 128),
+        (40, 64, 32),  # float64 x·Wᵀ of a small W: W copied first (blas._gemm_b_copied)
+        (32, 16, 10),
     ):
         A = rng.standard_normal((m, k)).astype(dtype)
         B = rng.standard_normal((k, n)).astype(dtype)
@@ -274,6 +294,13 @@ def test_matmul_every_operand_layout_against_numpy(dtype):
     a = rng.standard_normal((20, 60)).astype(dtype)[:16, :50]
     b = rng.standard_normal((140, 70)).astype(dtype)[:, :50].T
     out = np.full((16, 140), np.nan, dtype)
+    matmul(a, b, out)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    # the same with a small W (copied in float64): leading dimensions 60 and 70
+    a = rng.standard_normal((40, 60)).astype(dtype)[:, :50]
+    b = rng.standard_normal((30, 70)).astype(dtype)[:, :50].T
+    out = np.full((40, 30), np.nan, dtype)
     matmul(a, b, out)
     want = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
@@ -381,6 +408,10 @@ def test_blas_transposed_right_operand_takes_its_own_gemm():
         c = c0.copy()
         blas.matmul_acc(a, w.T, c, -0.5)  # a·wᵀ: the a·bᵀ gemm, β = 1
         want = c0.astype(np.float64) - 0.5 * (a.astype(np.float64) @ w.T.astype(np.float64))
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
+        c = c0[:, :10].copy()  # a small w: copied first in float64, β = 1 kept
+        blas.matmul_acc(a, w[:10].T, c, -0.5)
+        want = c0[:, :10] - 0.5 * (a.astype(np.float64) @ w[:10].T.astype(np.float64))
         np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
 
 

@@ -47,6 +47,7 @@ from .common import comment_text, entry_atoms, is_seed
 from .cpu_exps import ExpForms, _Stored
 from .cpu_flat import FlatForms
 from .cpu_train import _DECORATOR, TrainPrinter, _small, _tuple
+from .runtime import RUNTIME_DIGEST
 from .scalar_printer import ScalarPrinter
 
 __all__ = ["BLAS_MIN_MACS", "BLAS_MIN_TOTAL", "CpuKernels", "print_cpu"]
@@ -886,7 +887,7 @@ _RUNTIME_IMPORT = (
     "abs_bound, copy_into, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
     " matmul, matmul_acc, rows_finite, shuffle_epoch, step_failure, sum_squares, sum_squares_into,"
     " vexp"
-    f"  # matmul: {BLAS}"
+    f"  # matmul: {BLAS}; helpers {RUNTIME_DIGEST}"
 )
 # A kernel that calls no BLAS allocates nothing and holds no reference beyond the
 # call, so it is compiled without Numba's reference counting: a third less

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -36,6 +38,13 @@ __all__ = [
     "sum_squares",
     "sum_squares_into",
 ]
+
+# What generated kernels link from here and from blas.py, as a digest their source
+# carries: Numba's disk cache checks a kernel's own file only, so without it a
+# kernel cached before these helpers changed (a gradc upgrade) kept their old code.
+RUNTIME_DIGEST = hashlib.sha256(
+    b"".join((Path(__file__).parent / f).read_bytes() for f in ("runtime.py", "blas.py"))
+).hexdigest()[:12]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -527,3 +527,30 @@ def test_log_sum_exp_of_one_sample_with_ties_and_wide_spreads(b):
     assert float(loss) == pytest.approx(want, rel=1e-15, abs=1e-15)
     np.testing.assert_allclose(grads["b1"][:, 0], soft - y[0], rtol=1e-15, atol=1e-300)
     np.testing.assert_array_equal(grads["W1"], np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_blas_forms_one_row_one_column_and_copied_weights(dtype):
+    """The kernels' straight CBLAS calls (cpu.py _print_blas): one sample (gemv), a
+    one-output layer (gemv, and a gradient with one row), a small float64 W copied
+    first (from 32 samples), plain gemm; gradients and ∂L/∂X against the δ recursion."""
+    from reference import layers_from_params, max_rel_err, mlp_backprop
+
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    for sizes, acts in (((300, 1), ("identity",)), ((64, 32, 10), ("tanh", "sigmoid"))):
+        layers = [gc.Dense(a, b, getattr(gc, f)) for a, b, f in zip(sizes, sizes[1:], acts)]
+        prog = gc.compile(gc.Sequential(*layers), loss=gc.mse, dtype=dtype)
+        params = prog.init(seed=2)
+        names = [(f"W{k}", f"b{k}") for k in range(1, len(sizes))]
+        ref = layers_from_params(params, names, acts)
+        rng = np.random.default_rng(4)
+        for n in (1, 20, 40):
+            X = rng.normal(size=(n, sizes[0])).astype(dtype)
+            Y = rng.uniform(size=(n, sizes[-1])).astype(dtype)
+            loss, grads = prog.value_and_grad(params, X, Y)
+            want_loss, want, want_x = mlp_backprop(ref, X, Y)
+            assert abs(loss - want_loss) <= tol * abs(want_loss)
+            for (wn, bn), (dW, db) in zip(names, want):
+                assert max_rel_err(grads[wn], dW) < tol, (sizes, n, wn)
+                assert max_rel_err(grads[bn], db) < tol, (sizes, n, bn)
+            assert max_rel_err(prog.input_grad(params, X, Y), want_x) < tol, (sizes, n)

@@ -40,7 +40,14 @@ from ..derivation.program import Derivation
 from ..errors import GradcError
 from ..graph.nodes import BatchSum, EntrySum, Leaf, LogSumExp, Map, MatMul, Node, SumAll, Transpose
 from ..spec.optimizers import UpdateRule
-from .blas import BLAS
+from .blas import (
+    BLAS,
+    COPIED_MAX_ENTRIES,
+    COPIED_MAX_OUT,
+    COPIED_MIN_ROWS,
+    THIN,
+    TRANSPOSED_MIN_COLS,
+)
 from .cache import module_name
 from .common import Lines as _Lines
 from .common import comment_text, entry_atoms, is_seed
@@ -520,12 +527,98 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
                 cond += f" and n >= {BLAS_MIN_CONTRACT}"
             out(f"if {cond}:")
             with out.indent():
-                out(self._blas_call(node))
+                self._print_blas(out, node)
             out("else:")
             out.depth += 1
         self._loop_product(out, node)
         if blas:
             out.depth -= 1
+
+    def gemm_operand(self, node: Node) -> _Operand:
+        """How BLAS reads ``node``: a batched one is its buffer's first n rows (one
+        sample per row), an unbatched one its (rows, cols) array; C-contiguous
+        both, so the leading dimension is a literal."""
+        if isinstance(node, Transpose):
+            inner = node.args[0]
+            # a batched vector and its transpose are stored alike: one row per sample
+            return self.gemm_operand(inner) if inner.batched else self.gemm_operand(inner).t()
+        if node.batched:
+            return _Operand(self.name(node), False, node.size, "n", str(node.size))
+        rows, cols = node.shape
+        return _Operand(self.name(node), False, cols, str(rows), str(cols))
+
+    def _gemm_operands(self, node: MatMul) -> tuple[_Operand, _Operand] | None:
+        """(left, right) of ``node`` as one product over the batch, or None."""
+        a, b = node.args
+        if node.contract:  # Σₙ aₙ bₙ = A[:n]ᵀ · B[:n]
+            return self.gemm_operand(a).t(), self.gemm_operand(b)
+        if node.batched and not a.batched:  # rows: out[i] = A · b[i]  →  B[:n] · Aᵀ
+            return self.gemm_operand(b), self.gemm_operand(a).t()
+        if node.batched and b.batched:
+            return None  # a product per sample of two per-sample factors
+        return self.gemm_operand(a), self.gemm_operand(b)
+
+    def _print_blas(self, out: _Lines, node: MatMul) -> None:
+        """The product by one CBLAS call, its operands' layouts resolved here: ``gemv``
+        for one row or one column, ``gemm`` otherwise (a small float64 W copied
+        row-major first; blas.py measured both). Without CBLAS, or for the float32
+        products blas.matmul takes its own way (a short, wide x·Wᵀ), ``matmul``."""
+        pair = self._gemm_operands(node) if THIN else None
+        if pair is None or (
+            self.float32
+            and pair[0].rows == "n"
+            and not pair[0].trans
+            and pair[1].trans
+            and int(pair[1].cols) >= TRANSPOSED_MIN_COLS
+        ):
+            out(self._blas_call(node))
+            return
+        left, right = pair
+        target = self.gemm_operand(node)
+        if right.cols == "1":  # one column: y = op(left)·x
+            out(_gemv(left, right.vector(), target.vector()))
+            return
+        if left.rows == "1":  # one row: yᵀ = xᵀ·op(right), y = op(right)ᵀ·x
+            out(_gemv(right.t(), left.vector(), target.vector()))
+            return
+        branches = []
+        if left.rows == "n":  # one sample
+            one = _gemv(right.t(), left.first_row().vector(), target.first_row().vector())
+            branches.append(("n == 1", [one]))
+        m, k = right.cols, right.rows
+        if (
+            not self.float32
+            and left.rows == "n"
+            and not left.trans
+            and right.trans
+            and int(m) * int(k) < COPIED_MAX_ENTRIES
+            and int(m) <= COPIED_MAX_OUT
+        ):
+            # OpenBLAS's x·Wᵀ is slow on a small W (blas.COPIED_*): W copied first
+            copy = f"w_{target.array}"
+            lines = [
+                "# W copied row-major first: OpenBLAS's x·Wᵀ is slow on a small W",
+                f"{copy} = local_matrix({k}, {m}, F)",
+                f"for r in range({m}):",
+                f"    for c in range({k}):",
+                f"        {copy}[c, r] = {right.array}[r, c]",
+                _gemm(left, _Operand(copy, False, int(m), k, m), target),
+            ]
+            branches.append((f"n >= {COPIED_MIN_ROWS}", lines))
+        last = [_gemm(left, right, target)]
+        if not branches:
+            for line in last:
+                out(line)
+            return
+        for j, (cond, lines) in enumerate(branches):
+            out(f"{'if' if j == 0 else 'elif'} {cond}:")
+            with out.indent():
+                for line in lines:
+                    out(line)
+        out("else:")
+        with out.indent():
+            for line in last:
+                out(line)
 
     def _blas_call(self, node: MatMul) -> str:
         a, b = node.args
@@ -870,6 +963,59 @@ _LOCAL = re.compile(
 )
 
 
+@dataclass(frozen=True)
+class _Operand:
+    """A BLAS operand: ``array`` read row-major with leading dimension ``ld``, as a
+    ``rows`` × ``cols`` matrix (``trans``: the transpose of what is stored)."""
+
+    array: str
+    trans: bool
+    ld: int
+    rows: str  # a literal, or "n" (the batch)
+    cols: str
+
+    def t(self) -> _Operand:
+        return _Operand(self.array, not self.trans, self.ld, self.cols, self.rows)
+
+    @property
+    def flag(self) -> int:
+        return _CBLAS_TRANS if self.trans else _CBLAS_NO_TRANS
+
+    @property
+    def stored(self) -> tuple[str, str]:
+        return (self.cols, self.rows) if self.trans else (self.rows, self.cols)
+
+    def first_row(self) -> _Operand:
+        return _Operand(self.array, self.trans, self.ld, "1", self.cols)
+
+    def vector(self) -> tuple[str, int]:
+        """(array, increment) of a one-row or one-column operand."""
+        one_row = self.rows == "1"
+        along_a_row = one_row != self.trans  # its entries are adjacent in memory
+        return self.array, 1 if along_a_row else self.ld
+
+
+_CBLAS_NO_TRANS, _CBLAS_TRANS = 111, 112
+
+
+def _gemm(left: _Operand, right: _Operand, out: _Operand) -> str:
+    """out = left · right by one CBLAS gemm (a·bᵀ by its own function: blas.py)."""
+    fn = "gemm_rows_nt" if not left.trans and right.trans else "gemm_rows"
+    return (
+        f"{fn}({left.flag}, {right.flag}, {left.rows}, {right.cols}, {left.cols}, 1.0, "
+        f"{left.array}, {left.ld}, {right.array}, {right.ld}, 0.0, {out.array}, {out.ld})"
+    )
+
+
+def _gemv(matrix: _Operand, x: tuple[str, int], y: tuple[str, int]) -> str:
+    """y = matrix · x by one CBLAS gemv (x and y: (array, increment))."""
+    rows, cols = matrix.stored
+    return (
+        f"gemv_rows({matrix.flag}, {rows}, {cols}, 1.0, {matrix.array}, {matrix.ld}, "
+        f"{x[0]}, {x[1]}, 0.0, {y[0]}, {y[1]})"
+    )
+
+
 def _has_blas_branch(node: MatMul) -> bool:
     """Whether a product is printed with a BLAS branch (taken from a batch size on)."""
     a, b = node.args
@@ -885,6 +1031,7 @@ def _transposed(operand: str) -> str:
 _RUNTIME_IMPORT = (
     "from gradc.kernels.runtime import "
     "abs_bound, copy_into, fill_zero, fill_zero_each, gather_columns, gather_rows, gram_sq, local_row,"
+    " gemm_rows, gemm_rows_nt, gemv_rows, local_matrix,"
     " matmul, matmul_acc, rows_finite, shuffle_epoch, step_failure, sum_squares, sum_squares_into,"
     " vexp"
     f"  # matmul: {BLAS}; helpers {RUNTIME_DIGEST}"

@@ -14,11 +14,14 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .blas import matmul, matmul_acc
+from .blas import gemm_rows, gemm_rows_nt, gemv_rows, matmul, matmul_acc
 
 __all__ = [
     "abs_bound",
     "copy_into",
+    "gemm_rows",
+    "gemm_rows_nt",
+    "gemv_rows",
     "gram_sq",
     "matmul",
     "matmul_acc",
@@ -29,6 +32,7 @@ __all__ = [
     "gather_rows",
     "gather_columns",
     "entries_finite",
+    "local_matrix",
     "local_row",
     "rows_finite",
     "seed_base",
@@ -101,6 +105,39 @@ def local_row(typingctx, entries, dtype):
         return array._getvalue()
 
     return row(entries, dtype), codegen
+
+
+@intrinsic
+def local_matrix(typingctx, rows, cols, dtype):
+    """A C-contiguous ``rows`` × ``cols`` array (literals) of ``dtype`` on the calling
+    kernel's stack, allocated once per call: a small weight copied row-major before
+    a product (``blas.COPIED_MAX_ENTRIES``)."""
+    literal = (types.IntegerLiteral, types.IntegerLiteral)
+    if not all(isinstance(x, t) for x, t in zip((rows, cols), literal)) or not isinstance(
+        dtype, types.NumberClass
+    ):
+        return None
+    r, c, elem = rows.literal_value, cols.literal_value, dtype.instance_type
+    matrix = types.Array(elem, 2, "C")
+
+    def codegen(context, builder, signature, args):
+        item = context.get_data_type(elem)
+        storage = cgutils.alloca_once(builder, ir.ArrayType(item, r * c))
+        data = builder.bitcast(storage, item.as_pointer())
+        intp = context.get_value_type(types.intp)
+        size = context.get_abi_sizeof(item)
+        array = context.make_array(matrix)(context, builder)
+        context.populate_array(
+            array,
+            data=data,
+            shape=[ir.Constant(intp, r), ir.Constant(intp, c)],
+            strides=[ir.Constant(intp, c * size), ir.Constant(intp, size)],
+            itemsize=ir.Constant(intp, size),
+            meminfo=None,
+        )
+        return array._getvalue()
+
+    return matrix(rows, cols, dtype), codegen
 
 
 @numba.njit(cache=True)

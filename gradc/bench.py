@@ -1285,23 +1285,23 @@ def _plots(res: Results, out: Path, suffix: str, verbose: bool) -> dict[str, str
                     color=colors.get(act),
                     label=f"time, {act}, {hidden}",
                 )
-                if act == first:
+                if act != first:
+                    continue
+                extra = (
+                    ([r.backward_ops / max(r.forward_ops, 1) for r in rows], ":", "grey", 1.0,
+                     f"operations, {hidden}"),
+                    ([r.ratio_in for r in rows], "--", colors.get(act), 0.6,
+                     f"time, backward to the data, {act}, {hidden}"),
+                )  # fmt: skip
+                for values, style, color, alpha, label in extra:
                     ax.semilogx(
                         [r.params for r in rows],
-                        [r.backward_ops / max(r.forward_ops, 1) for r in rows],
-                        ":",
+                        values,
+                        style,
                         marker=markers[d],
-                        color="grey",
-                        label=f"operations, {hidden}",
-                    )
-                    ax.semilogx(
-                        [r.params for r in rows],
-                        [r.ratio_in for r in rows],
-                        "--",
-                        marker=markers[d],
-                        color=colors.get(act),
-                        alpha=0.6,
-                        label=f"time, backward to the data, {act}, {hidden}",
+                        color=color,
+                        alpha=alpha,
+                        label=label,
                     )
         ax.axhspan(1, 3, color="green", alpha=0.08, label="1 to 3")
         ax.set_xlabel("parameters")

@@ -71,6 +71,32 @@ def seed_base(seed: int) -> np.uint64:
     return np.uint64((int(seed) * SEED_STRIDE) % 2**63)
 
 
+def _stack_array(shape: tuple[int, ...], elem):
+    """(array type, codegen) of a C-contiguous array of this literal ``shape`` on the
+    calling kernel's stack, in its entry block (cgutils does that), so it is
+    allocated once per call."""
+    array_type = types.Array(elem, len(shape), "C")
+
+    def codegen(context, builder, signature, args):
+        item = context.get_data_type(elem)
+        storage = cgutils.alloca_once(builder, ir.ArrayType(item, math.prod(shape)))
+        intp = context.get_value_type(types.intp)
+        size = context.get_abi_sizeof(item)
+        strides = [size * math.prod(shape[k + 1 :]) for k in range(len(shape))]
+        array = context.make_array(array_type)(context, builder)
+        context.populate_array(
+            array,
+            data=builder.bitcast(storage, item.as_pointer()),
+            shape=[ir.Constant(intp, extent) for extent in shape],
+            strides=[ir.Constant(intp, stride) for stride in strides],
+            itemsize=ir.Constant(intp, size),
+            meminfo=None,
+        )
+        return array._getvalue()
+
+    return array_type, codegen
+
+
 @intrinsic
 def local_row(typingctx, entries, dtype):
     """A 1-d array of ``entries`` (a literal) numbers of ``dtype``, on the calling
@@ -83,60 +109,22 @@ def local_row(typingctx, entries, dtype):
     """
     if not isinstance(entries, types.IntegerLiteral) or not isinstance(dtype, types.NumberClass):
         return None
-    count, elem = entries.literal_value, dtype.instance_type
-    row = types.Array(elem, 1, "C")
-
-    def codegen(context, builder, signature, args):
-        item = context.get_data_type(elem)
-        # in the entry block (cgutils does that), so it is allocated once per call
-        storage = cgutils.alloca_once(builder, ir.ArrayType(item, count))
-        data = builder.bitcast(storage, item.as_pointer())
-        intp = context.get_value_type(types.intp)
-        size = context.get_abi_sizeof(item)
-        array = context.make_array(row)(context, builder)
-        context.populate_array(
-            array,
-            data=data,
-            shape=[ir.Constant(intp, count)],
-            strides=[ir.Constant(intp, size)],
-            itemsize=ir.Constant(intp, size),
-            meminfo=None,
-        )
-        return array._getvalue()
-
+    row, codegen = _stack_array((entries.literal_value,), dtype.instance_type)
     return row(entries, dtype), codegen
 
 
 @intrinsic
 def local_matrix(typingctx, rows, cols, dtype):
     """A C-contiguous ``rows`` × ``cols`` array (literals) of ``dtype`` on the calling
-    kernel's stack, allocated once per call: a small weight copied row-major before
-    a product (``blas.COPIED_MAX_ENTRIES``)."""
-    literal = (types.IntegerLiteral, types.IntegerLiteral)
-    if not all(isinstance(x, t) for x, t in zip((rows, cols), literal)) or not isinstance(
+    kernel's stack: a small weight copied row-major before a product
+    (``blas.COPIED_MAX_ENTRIES``)."""
+    extents = (rows, cols)
+    if not all(isinstance(x, types.IntegerLiteral) for x in extents) or not isinstance(
         dtype, types.NumberClass
     ):
         return None
-    r, c, elem = rows.literal_value, cols.literal_value, dtype.instance_type
-    matrix = types.Array(elem, 2, "C")
-
-    def codegen(context, builder, signature, args):
-        item = context.get_data_type(elem)
-        storage = cgutils.alloca_once(builder, ir.ArrayType(item, r * c))
-        data = builder.bitcast(storage, item.as_pointer())
-        intp = context.get_value_type(types.intp)
-        size = context.get_abi_sizeof(item)
-        array = context.make_array(matrix)(context, builder)
-        context.populate_array(
-            array,
-            data=data,
-            shape=[ir.Constant(intp, r), ir.Constant(intp, c)],
-            strides=[ir.Constant(intp, c * size), ir.Constant(intp, size)],
-            itemsize=ir.Constant(intp, size),
-            meminfo=None,
-        )
-        return array._getvalue()
-
+    shape = tuple(x.literal_value for x in extents)
+    matrix, codegen = _stack_array(shape, dtype.instance_type)
     return matrix(rows, cols, dtype), codegen
 
 

@@ -51,6 +51,7 @@ from .blas import (
 from .cache import module_name
 from .common import Lines as _Lines
 from .common import comment_text, entry_atoms, is_seed
+from .cpu_blas import BlasOperand, gemm_call, gemv_call
 from .cpu_exps import ExpForms, _Stored
 from .cpu_flat import FlatForms
 from .cpu_train import _DECORATOR, TrainPrinter, _small, _tuple
@@ -534,7 +535,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         if blas:
             out.depth -= 1
 
-    def gemm_operand(self, node: Node) -> _Operand:
+    def gemm_operand(self, node: Node) -> BlasOperand:
         """How BLAS reads ``node``: a batched one is its buffer's first n rows (one
         sample per row), an unbatched one its (rows, cols) array; C-contiguous
         both, so the leading dimension is a literal."""
@@ -543,11 +544,11 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             # a batched vector and its transpose are stored alike: one row per sample
             return self.gemm_operand(inner) if inner.batched else self.gemm_operand(inner).t()
         if node.batched:
-            return _Operand(self.name(node), False, node.size, "n", str(node.size))
+            return BlasOperand(self.name(node), False, node.size, "n", str(node.size))
         rows, cols = node.shape
-        return _Operand(self.name(node), False, cols, str(rows), str(cols))
+        return BlasOperand(self.name(node), False, cols, str(rows), str(cols))
 
-    def _gemm_operands(self, node: MatMul) -> tuple[_Operand, _Operand] | None:
+    def _gemm_operands(self, node: MatMul) -> tuple[BlasOperand, BlasOperand] | None:
         """(left, right) of ``node`` as one product over the batch, or None."""
         a, b = node.args
         if node.contract:  # Σₙ aₙ bₙ = A[:n]ᵀ · B[:n]
@@ -576,14 +577,14 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         left, right = pair
         target = self.gemm_operand(node)
         if right.cols == "1":  # one column: y = op(left)·x
-            out(_gemv(left, right.vector(), target.vector()))
+            out(gemv_call(left, right.vector(), target.vector()))
             return
         if left.rows == "1":  # one row: yᵀ = xᵀ·op(right), y = op(right)ᵀ·x
-            out(_gemv(right.t(), left.vector(), target.vector()))
+            out(gemv_call(right.t(), left.vector(), target.vector()))
             return
         branches = []
         if left.rows == "n":  # one sample
-            one = _gemv(right.t(), left.first_row().vector(), target.first_row().vector())
+            one = gemv_call(right.t(), left.first_row().vector(), target.first_row().vector())
             branches.append(("n == 1", [one]))
         m, k = right.cols, right.rows
         if (
@@ -602,10 +603,10 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
                 f"for r in range({m}):",
                 f"    for c in range({k}):",
                 f"        {copy}[c, r] = {right.array}[r, c]",
-                _gemm(left, _Operand(copy, False, int(m), k, m), target),
+                gemm_call(left, BlasOperand(copy, False, int(m), k, m), target),
             ]
             branches.append((f"n >= {COPIED_MIN_ROWS}", lines))
-        last = [_gemm(left, right, target)]
+        last = [gemm_call(left, right, target)]
         if not branches:
             for line in last:
                 out(line)
@@ -961,59 +962,6 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
 _LOCAL = re.compile(
     r"\b(?:i|r|c|k|j|z|w|wa\d+|wb\d+|acc\d*|av|big|top|sq\d*|th|gr|row|a\d+|t\d+|t_\d+|st\d+|new_\w+)\b"
 )
-
-
-@dataclass(frozen=True)
-class _Operand:
-    """A BLAS operand: ``array`` read row-major with leading dimension ``ld``, as a
-    ``rows`` × ``cols`` matrix (``trans``: the transpose of what is stored)."""
-
-    array: str
-    trans: bool
-    ld: int
-    rows: str  # a literal, or "n" (the batch)
-    cols: str
-
-    def t(self) -> _Operand:
-        return _Operand(self.array, not self.trans, self.ld, self.cols, self.rows)
-
-    @property
-    def flag(self) -> int:
-        return _CBLAS_TRANS if self.trans else _CBLAS_NO_TRANS
-
-    @property
-    def stored(self) -> tuple[str, str]:
-        return (self.cols, self.rows) if self.trans else (self.rows, self.cols)
-
-    def first_row(self) -> _Operand:
-        return _Operand(self.array, self.trans, self.ld, "1", self.cols)
-
-    def vector(self) -> tuple[str, int]:
-        """(array, increment) of a one-row or one-column operand."""
-        one_row = self.rows == "1"
-        along_a_row = one_row != self.trans  # its entries are adjacent in memory
-        return self.array, 1 if along_a_row else self.ld
-
-
-_CBLAS_NO_TRANS, _CBLAS_TRANS = 111, 112
-
-
-def _gemm(left: _Operand, right: _Operand, out: _Operand) -> str:
-    """out = left · right by one CBLAS gemm (a·bᵀ by its own function: blas.py)."""
-    fn = "gemm_rows_nt" if not left.trans and right.trans else "gemm_rows"
-    return (
-        f"{fn}({left.flag}, {right.flag}, {left.rows}, {right.cols}, {left.cols}, 1.0, "
-        f"{left.array}, {left.ld}, {right.array}, {right.ld}, 0.0, {out.array}, {out.ld})"
-    )
-
-
-def _gemv(matrix: _Operand, x: tuple[str, int], y: tuple[str, int]) -> str:
-    """y = matrix · x by one CBLAS gemv (x and y: (array, increment))."""
-    rows, cols = matrix.stored
-    return (
-        f"gemv_rows({matrix.flag}, {rows}, {cols}, 1.0, {matrix.array}, {matrix.ld}, "
-        f"{x[0]}, {x[1]}, 0.0, {y[0]}, {y[1]})"
-    )
 
 
 def _has_blas_branch(node: MatMul) -> bool:

@@ -27,9 +27,10 @@ import numpy as np
 
 from ..graph.nodes import Leaf, MatMul, Node, Transpose
 from ..spec.optimizers import UpdateRule
-from .blas import FOLDS
+from .blas import FOLDS, THIN
 from .common import Lines as _Lines
 from .common import UpdateForm, comment_text
+from .cpu_blas import BlasOperand, gemm_call
 
 __all__ = [
     "DATA_CHECK_MIN_WIDTH",
@@ -167,11 +168,11 @@ class TrainPrinter:
                     with out.indent():
                         out(sweep)
             if k in self._folded:
-                rows, label = f"{self._rows(a)}.T, {self._rows(b)}", comment_text(p.label)
+                label = comment_text(p.label)
                 out(f"elif {self._fold_test(k)}:")
                 with out.indent():
                     out(f"# {label} ← {label} − η·scale·Σₙ δₙxₙᵀ: the product adds into it")
-                    out(f"matmul_acc({rows}, p{k}, -{rate} * scale)")
+                    out(self._fold_call(k, a, b, f"-{rate} * scale"))
             out("else:")
             with out.indent():
                 out(f"bad += step_entries(p{k}, g{k}{states}, {knobs})")
@@ -255,6 +256,15 @@ class TrainPrinter:
     def _fold_test(self, k: int) -> str:
         """The printed test of a step whose batch folds parameter k's update."""
         return f"{FOLD_MIN_BATCH} <= n <= {self._folded[k]}"
+
+    def _fold_call(self, k: int, a: Node, b: Node, alpha: str) -> str:
+        """p{k} += alpha·Σₙ aₙbₙ (a: δ, b: xᵀ) by one gemm with β = 1."""
+        if not THIN:
+            return f"matmul_acc({self._rows(a)}.T, {self._rows(b)}, p{k}, {alpha})"
+        rows, cols = self.deriv.graph.params[k].shape
+        target = BlasOperand(f"p{k}", False, cols, str(rows), str(cols))
+        left, right = self.gemm_operand(a).t(), self.gemm_operand(b)
+        return gemm_call(left, right, target, alpha=alpha, beta="1.0")
 
     def _rows(self, node: Node) -> str:
         """The batch of a per-sample vector node, one sample per row (``d2[:n]``)."""

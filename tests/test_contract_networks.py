@@ -852,3 +852,29 @@ def test_check_grad_float32_measures_the_gradient(data_342):
     right = prog.grad
     prog.grad = lambda p, X=None, Y=None: {k: 1.01 * g for k, g in right(p, X, Y).items()}
     assert gc.check_grad(prog, params, X, Y) == pytest.approx(0.01 / 1.01, rel=1e-2)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_batched_training_kernel_with_short_last_batches(optimizer):
+    """From ``batched_min`` samples on, fit calls ``train_batched`` (every product by
+    BLAS, no loop fallbacks); an epoch's last batch may still be smaller (here 1 and
+    3 of 9): SGD and Adam over 64-20-10 against the δ recursion and reference rules."""
+    widths, acts = [64, 20, 10], ["tanh", "sigmoid"]
+    net, values = _net_and_params(widths, acts, seed=51, scale=0.3)
+    prog = gc.compile(net, loss=gc.mse)
+    okern, _ = prog._optimizer_module(gc.SGD(0.1))
+    assert okern.batched_min is not None and okern.batched_min <= 9
+    names = _layer_names(net)
+    for rows in (19, 21):  # last batches of 1 and 3 samples
+        X, Y = _data(widths, "mse", rows, 51)
+        params = prog.init(values)
+        opt = gc.SGD(0.1) if optimizer == "sgd" else gc.Adam(0.01)
+        ref = RefSGD(0.1) if optimizer == "sgd" else RefAdam(0.01)
+        prog.fit(params, X, Y, optimizer=opt, epochs=2, batch_size=9, shuffle=False)
+        assert "train_batched" in prog.timings
+        want = {k: v.copy() for k, v in values.items()}
+        for _ in range(2):
+            for s in range(0, rows, 9):
+                _, g = mlp_grad_dict(want, names, acts, X[s : s + 9], Y[s : s + 9], "mse")
+                want = ref.step(want, g)
+        assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"{optimizer}, {rows} rows")

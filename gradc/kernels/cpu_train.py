@@ -458,14 +458,15 @@ class TrainPrinter:
 
     # -- kernels ------------------------------------------------------------------
 
-    def train_kernel(self, rule: UpdateRule) -> tuple[str, list[str]]:
+    def train_kernel(self, rule: UpdateRule, kernel: str = "train") -> tuple[str, list[str]]:
         gather = [f"{n}buf" for n in self.data_names()]
         fused = self.fused_gradients()
         rows = self.stack_rows(fused)
         buffers = [b for b in self.value_names() + self.delta_names() if b not in rows]
         width = sum(x.shape[0] * x.shape[1] for x in self.deriv.graph.data)
         args = self.train_args(rule, gather + buffers, checks_data=width >= DATA_CHECK_MIN_WIDTH)
-        self._ahead = self.product_ahead(fused)
+        # (forming the next sample's product ahead needs batches of one)
+        self._ahead = None if kernel == "train_batched" else self.product_ahead(fused)
         self._folded = self.folded_gradients(rule, fused)
         before = []
         if self.inline_bounded(rule, fused):
@@ -480,7 +481,7 @@ class TrainPrinter:
         out = _Lines()
         self.local_rows = frozenset(rows)
         try:
-            self._train_body(out, args, rule, fused, before)
+            self._train_body(out, kernel, args, rule, fused, before)
         finally:
             self._ahead = None
             self._folded = {}
@@ -519,14 +520,14 @@ class TrainPrinter:
         """Store the step's mean loss (checked at the step's end, see norms_and_update)."""
         out("losses[step - start] = loss")
 
-    def _train_body(self, out: _Lines, args, rule: UpdateRule, fused, before) -> None:
+    def _train_body(self, out: _Lines, kernel: str, args, rule: UpdateRule, fused, before) -> None:
         data = self.data_names()
         full = [n.upper() for n in data]
         gather = [f"{n}buf" for n in data]
         # no reference counting (the kernel allocates nothing): each data slice's
         # view would otherwise take an atomic increment and decrement per step
         # (3-4-2 ReLU-CE at batch 1: 77 → 71 ns)
-        with self.train_loop(out, "train", args, _DECORATOR_REASSOC, before) as loop_at:
+        with self.train_loop(out, kernel, args, _DECORATOR_REASSOC, before) as loop_at:
             if data:
                 out("if shuffle:")
                 with out.indent():

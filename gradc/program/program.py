@@ -793,6 +793,8 @@ class Program:
         (perm,) = self._fit_buffers("perm", [(nrows,)], np.int64)
         ns.update(perm=perm, nrows=nrows, bs=bs, shuffle=plan.shuffle)
         name, arg_names = "train", okern.train_args
+        if okern.batched_min is not None and bs >= okern.batched_min:
+            name = "train_batched"  # every product by BLAS: no loop fallbacks to compile
         if okern.lanes_args is not None and bs >= LANES_MIN_BATCH:
             # a narrow network at a batch of several: the batch-innermost kernel
             # (kernels/cpu_lanes.py) on transposed (entries, batch) buffers

@@ -857,24 +857,26 @@ def test_check_grad_float32_measures_the_gradient(data_342):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_batched_training_kernel_with_short_last_batches(optimizer):
     """From ``batched_min`` samples on, fit calls ``train_batched`` (every product by
-    BLAS, no loop fallbacks); an epoch's last batch may still be smaller (here 1 and
-    3 of 9): SGD and Adam over 64-20-10 against the δ recursion and reference rules."""
+    BLAS, no loop fallbacks); an epoch's last batch may still be smaller (here 1 of
+    9): SGD and Adam over 64-20-10 against the δ recursion and reference rules.
+    At batch 1 it calls ``train_one`` (every branch on n resolved when printed)."""
     widths, acts = [64, 20, 10], ["tanh", "sigmoid"]
     net, values = _net_and_params(widths, acts, seed=51, scale=0.3)
     prog = gc.compile(net, loss=gc.mse)
     okern, _ = prog._optimizer_module(gc.SGD(0.1))
     assert okern.batched_min is not None and okern.batched_min <= 9
     names = _layer_names(net)
-    for rows in (19, 21):  # last batches of 1 and 3 samples
+    for rows in (19, 21):  # batches of 9 (the last of 1 sample), then batches of one
         X, Y = _data(widths, "mse", rows, 51)
         params = prog.init(values)
         opt = gc.SGD(0.1) if optimizer == "sgd" else gc.Adam(0.01)
         ref = RefSGD(0.1) if optimizer == "sgd" else RefAdam(0.01)
-        prog.fit(params, X, Y, optimizer=opt, epochs=2, batch_size=9, shuffle=False)
-        assert "train_batched" in prog.timings
+        bs = 9 if rows == 19 else 1
+        prog.fit(params, X, Y, optimizer=opt, epochs=2, batch_size=bs, shuffle=False)
+        assert ("train_batched" if bs > 1 else "train_one") in prog.timings
         want = {k: v.copy() for k, v in values.items()}
         for _ in range(2):
-            for s in range(0, rows, 9):
-                _, g = mlp_grad_dict(want, names, acts, X[s : s + 9], Y[s : s + 9], "mse")
+            for s in range(0, rows, bs):
+                _, g = mlp_grad_dict(want, names, acts, X[s : s + bs], Y[s : s + bs], "mse")
                 want = ref.step(want, g)
         assert_dicts_close(params, want, rtol=1e-9, atol=1e-12, what=f"{optimizer}, {rows} rows")

@@ -116,6 +116,9 @@ class OptimizerKernels:
     # ``train_batched`` (``train`` with every BLAS branch taken, no loop fallback;
     # same arguments), if printed: the batch size from which it is the one to call
     batched_min: int | None = None
+    # whether ``train_one`` (``train`` for batches of one sample; same arguments)
+    # is printed
+    one_sample: bool = False
 
 
 class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
@@ -144,6 +147,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         # training kernel's single sample loop is printed: TrainPrinter.local_rows)
         self.local_rows: frozenset[str] = frozenset()
         self.always_blas = False  # printing train_batched (see batched_min)
+        self.one_sample = False  # printing train_one: every step's batch is one sample
         self._name_everything()
         self._map_bodies = {}  # node id → its body and reads (ExpForms._map_body)
 
@@ -527,6 +531,12 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         if blas and self.always_blas:
             self._print_blas(out, node)  # (train_batched: see batched_min)
             return
+        if per_batch and self.one_sample:  # (train_one: n is 1)
+            if blas and not node.contract and macs >= BLAS_MIN_TOTAL:
+                self._print_blas(out, node, one_sample=True)
+            else:
+                self._loop_product(out, node)
+            return
         if blas:
             cond = f"n * {macs} >= {BLAS_MIN_TOTAL}" if per_batch else "True"
             if node.contract:
@@ -566,7 +576,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             return None  # a product per sample of two per-sample factors
         return self.gemm_operand(a), self.gemm_operand(b)
 
-    def _print_blas(self, out: _Lines, node: MatMul) -> None:
+    def _print_blas(self, out: _Lines, node: MatMul, one_sample: bool = False) -> None:
         """The product by one CBLAS call, its operands' layouts resolved here: ``gemv``
         for one row or one column, ``gemm`` otherwise (a small float64 W copied
         row-major first; blas.py measured both). Without CBLAS, or for the float32
@@ -592,6 +602,9 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         branches = []
         if left.rows == "n":  # one sample
             one = gemv_call(right.t(), left.first_row().vector(), target.first_row().vector())
+            if one_sample:
+                out(one)
+                return
             branches.append(("n == 1", [one]))
         m, k = right.cols, right.rows
         if (
@@ -957,6 +970,13 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         parts = {"update": _decorated(upd), "train": _decorated(trn)}
         if batched_min is not None:
             parts["train_batched"] = _decorated(trn_batched)
+        if self.deriv.graph.loss.batched:
+            # batches of one: every branch on the batch size resolved when printed
+            self.one_sample = True
+            try:
+                parts["train_one"] = _decorated(self.train_kernel(rule, kernel="train_one")[0])
+            finally:
+                self.one_sample = False
         # imported here: cpu_lanes builds on this module's printer
         from .cpu_lanes import LanesPrinter, lanes_eligible
 
@@ -975,6 +995,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             lanes_args,
             lanes_buffers,
             batched_min,
+            "train_one" in parts,
         )
 
     def output_view(self) -> tuple[str, bool] | None:

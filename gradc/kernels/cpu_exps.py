@@ -105,6 +105,9 @@ class ExpForms:
         # exp(u) of a narrow layer for the whole batch in one flat loop: u into
         # the node's buffer (per sample: u reads a parameter, e.g. a bias), then
         # exp in place and the rest of the body reading it, flat where it can
+        if self.one_sample:  # (train_one: n is 1)
+            self._print_entries(out, node, body, reads)
+            return
         own = sp.Symbol(f"a{len(reads)}")
         out(f"if n > 1:  {_BATCH_EXP_NOTE}")
         with out.indent(), self._vector_exp():
@@ -209,7 +212,7 @@ class ExpForms:
 
     def _print_LogSumExp(self, out: _Lines, node: LogSumExp) -> None:
         out(f"# {self._describe(node)}   (max subtracted first: no overflow)")
-        if self._batch_logsumexp(node):
+        if self._batch_logsumexp(node) and not self.one_sample:
             out(f"if n > 1:  {_BATCH_EXP_NOTE}")
             with out.indent():
                 self._print_batch_logsumexp(out, node)

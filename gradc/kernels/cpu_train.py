@@ -20,6 +20,7 @@ backward bodies); it assembles them into the training kernels:
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -145,8 +146,12 @@ class TrainPrinter:
                 continue
             states = "".join(f", s{k}_{j}" for j in range(nstates))
             a, b = fused[k]
-            out(f"if n == 1:  # {comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep")
-            with out.indent():
+            note = f"{comment_text(p.label)}: gradient δ₀[r]·x₀[c], formed in the sweep"
+            if self.one_sample:  # (train_one: n is 1)
+                out(f"# {note}")
+            else:
+                out(f"if n == 1:  # {note}")
+            with out.indent() if not self.one_sample else contextlib.nullcontext():
                 outer = f"p{k}, {self._row(a)}, {self._row(b)}"
                 sweep = f"bad += step_outer({outer}{states}, {knobs})"
                 ahead = self._ahead
@@ -167,6 +172,8 @@ class TrainPrinter:
                     out("else:")
                     with out.indent():
                         out(sweep)
+            if self.one_sample:  # (train_one: n is 1)
+                continue
             if k in self._folded:
                 label = comment_text(p.label)
                 out(f"elif {self._fold_test(k)}:")
@@ -467,7 +474,8 @@ class TrainPrinter:
         args = self.train_args(rule, gather + buffers, checks_data=width >= DATA_CHECK_MIN_WIDTH)
         # (forming the next sample's product ahead needs batches of one)
         self._ahead = None if kernel == "train_batched" else self.product_ahead(fused)
-        self._folded = self.folded_gradients(rule, fused)
+        # (a folded product needs batches of several)
+        self._folded = {} if kernel == "train_one" else self.folded_gradients(rule, fused)
         before = []
         if self.inline_bounded(rule, fused):
             before.append("p_bound = math.inf  # see the step's end")
@@ -641,7 +649,10 @@ class TrainPrinter:
         grads = self.deriv.grads
         out("# ---- gradient norms (History, clip_norm, divergence check)")
         out("total = 0.0")
-        if fused:
+        if fused and self.one_sample:  # (train_one: n is 1)
+            for k, (a, b) in fused.items():
+                self._outer_norm(out, k, a, b)
+        elif fused:
             out("if n == 1:  # ‖δ₀·x₀ᵀ‖² = ‖δ₀‖²·‖x₀‖²: no gradient buffer to read")
             with out.indent():
                 for k, (a, b) in fused.items():

@@ -795,6 +795,8 @@ class Program:
         name, arg_names = "train", okern.train_args
         if okern.batched_min is not None and bs >= okern.batched_min:
             name = "train_batched"  # every product by BLAS: no loop fallbacks to compile
+        elif okern.one_sample and bs == 1:
+            name = "train_one"  # every branch on the batch size resolved when printed
         if okern.lanes_args is not None and bs >= LANES_MIN_BATCH:
             # a narrow network at a batch of several: the batch-innermost kernel
             # (kernels/cpu_lanes.py) on transposed (entries, batch) buffers

@@ -21,7 +21,6 @@ backward bodies); it assembles them into the training kernels:
 from __future__ import annotations
 
 import contextlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -472,10 +471,10 @@ class TrainPrinter:
         buffers = [b for b in self.value_names() + self.delta_names() if b not in rows]
         width = sum(x.shape[0] * x.shape[1] for x in self.deriv.graph.data)
         args = self.train_args(rule, gather + buffers, checks_data=width >= DATA_CHECK_MIN_WIDTH)
-        # (forming the next sample's product ahead needs batches of one)
-        self._ahead = None if kernel == "train_batched" else self.product_ahead(fused)
-        # (a folded product needs batches of several)
-        self._folded = {} if kernel == "train_one" else self.folded_gradients(rule, fused)
+        # forming the next sample's product ahead needs batches of one, a folded
+        # product batches of several (always_blas, one_sample: CpuPrinter's)
+        self._ahead = None if self.always_blas else self.product_ahead(fused)
+        self._folded = {} if self.one_sample else self.folded_gradients(rule, fused)
         before = []
         if self.inline_bounded(rule, fused):
             before.append("p_bound = math.inf  # see the step's end")
@@ -594,7 +593,7 @@ class TrainPrinter:
                     return Ahead(k, node, x)
         return None
 
-    @contextmanager
+    @contextlib.contextmanager
     def train_loop(self, out: _Lines, name: str, args: list[str], decorator: str, before=()):
         """A training kernel's signature and step loop; the body goes inside the loop
         (``lo``, ``n`` and ``inv_n`` are set for the step's mini-batch). Yields the

@@ -102,3 +102,8 @@ def test_report_shows_three_ways_and_the_sentence():
     text = str(prog.report())
     assert "naive: one sympy.diff" in text and "joint sympy.cse" in text and "shared δ" in text
     assert "never creates the swell" in text
+    # the seeds' backward pass also forms ∂L/∂x = W1ᵀ·δz1: W1 is 2×2, so 4 more
+    # multiply-adds a sample (a multiply and an add each, as products are counted)
+    rep = prog.report()
+    assert rep.backward_to_data == rep.counts["backward"].total + 2 * (2 * 2)
+    assert "carried on to the data" in text

@@ -11,6 +11,7 @@ import sympy as sp
 from ..derivation.counting import OpCount, count_derivation, count_expr, cse_count
 from ..derivation.naive import naive_gradients
 from ..derivation.names import consumers, display_names
+from ..derivation.reverse import derive_shared
 from ..errors import GradcError
 
 __all__ = ["Report", "build_report", "naive_comparison"]
@@ -48,6 +49,9 @@ class Report:
     timings: dict[str, float]
     naive: NaiveComparison | None = None
     naive_note: str = ""
+    # backward operations per sample carried on to the data (∂L/∂x too, as the
+    # seeds count a backward pass: two products per layer); None without inputs
+    backward_to_data: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -62,6 +66,11 @@ class Report:
         f, b = self.counts["forward"].total, self.counts["backward"].total
         if f:
             lines.append(f"backward ÷ forward operations: {b / f:.2f}")
+        if f and self.backward_to_data is not None:
+            lines.append(
+                f"carried on to the data as well (∂L/∂x, prog.input_grad): "
+                f"{self.backward_to_data:,} operations, {self.backward_to_data / f:.2f} × forward"
+            )
         lines.append("")
         lines.append(f"parameter entries: {self.param_entries:,}")
         lines.append(
@@ -69,8 +78,8 @@ class Report:
         )
         t = self.timings
         parts = [f"derivation {t.get('derive', 0.0):.3f} s"]
-        for k in ("forward", "backward", "train"):
-            if k in t:
+        for k in t:
+            if k in ("forward", "backward") or k.startswith("train"):
                 parts.append(f"{k} kernel first call (compile or cache load) {t[k]:.2f} s")
         lines.append("; ".join(parts))
         lines.append("")
@@ -130,11 +139,12 @@ def build_report(prog, naive_limit: int = REPORT_NAIVE_LIMIT) -> Report:
         shared_nodes=shared,
         timings=dict(prog.timings),
     )
+    if deriv.graph.inputs and deriv.graph.loss.batched:
+        to_data = derive_shared(deriv.graph, inputs=True)
+        report.backward_to_data = count_derivation(to_data)["backward"].total
     if deriv.strategy == "shared":
         shared_ops, shared_s = counts["backward"].total, deriv.seconds
     else:
-        from ..derivation.reverse import derive_shared
-
         start = time.perf_counter()
         other = derive_shared(deriv.graph)
         shared_s = time.perf_counter() - start

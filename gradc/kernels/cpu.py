@@ -524,8 +524,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
 
     def _print_MatMul(self, out: _Lines, node: MatMul) -> None:
         out(f"# {self._describe(node)}")
-        a, b = node.args
-        macs = a.shape[0] * a.shape[1] * b.shape[1]
+        macs = _macs(node)
         blas = _has_blas_branch(node)
         per_batch = node.batched or node.contract
         if blas and self.always_blas:
@@ -533,7 +532,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             return
         if per_batch and self.one_sample:  # (train_one: n is 1)
             if blas and not node.contract and macs >= BLAS_MIN_TOTAL:
-                self._print_blas(out, node, one_sample=True)
+                self._print_blas(out, node)
             else:
                 self._loop_product(out, node)
             return
@@ -576,7 +575,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
             return None  # a product per sample of two per-sample factors
         return self.gemm_operand(a), self.gemm_operand(b)
 
-    def _print_blas(self, out: _Lines, node: MatMul, one_sample: bool = False) -> None:
+    def _print_blas(self, out: _Lines, node: MatMul) -> None:
         """The product by one CBLAS call, its operands' layouts resolved here: ``gemv``
         for one row or one column, ``gemm`` otherwise (a small float64 W copied
         row-major first; blas.py measured both). Without CBLAS, or for the float32
@@ -602,7 +601,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
         branches = []
         if left.rows == "n":  # one sample
             one = gemv_call(right.t(), left.first_row().vector(), target.first_row().vector())
-            if one_sample:
+            if self.one_sample:  # (train_one: n is 1)
                 out(one)
                 return
             branches.append(("n == 1", [one]))
@@ -626,10 +625,9 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
                 gemm_call(left, BlasOperand(copy, False, int(m), k, m), target),
             ]
             branches.append((f"n >= {COPIED_MIN_ROWS}", lines))
-        last = [gemm_call(left, right, target)]
+        last = gemm_call(left, right, target)
         if not branches:
-            for line in last:
-                out(line)
+            out(last)
             return
         for j, (cond, lines) in enumerate(branches):
             out(f"{'if' if j == 0 else 'elif'} {cond}:")
@@ -638,8 +636,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
                     out(line)
         out("else:")
         with out.indent():
-            for line in last:
-                out(line)
+            out(last)
 
     def _blas_call(self, node: MatMul) -> str:
         a, b = node.args
@@ -930,9 +927,7 @@ class CpuPrinter(TrainPrinter, ExpForms, FlatForms):
                 continue
             if not (node.batched or node.contract):
                 continue
-            a, b = node.args
-            macs = a.shape[0] * a.shape[1] * b.shape[1]
-            need = -(-BLAS_MIN_TOTAL // macs)
+            need = -(-BLAS_MIN_TOTAL // _macs(node))
             needs.append(max(need, BLAS_MIN_CONTRACT) if node.contract else need)
         return max(needs) if needs else None
 
@@ -1020,10 +1015,15 @@ _LOCAL = re.compile(
 )
 
 
+def _macs(node: MatMul) -> int:
+    """Multiply-adds of one sample's product."""
+    a, b = node.args
+    return a.shape[0] * a.shape[1] * b.shape[1]
+
+
 def _has_blas_branch(node: MatMul) -> bool:
     """Whether a product is printed with a BLAS branch (taken from a batch size on)."""
-    a, b = node.args
-    return a.shape[0] * a.shape[1] * b.shape[1] >= BLAS_MIN_MACS
+    return _macs(node) >= BLAS_MIN_MACS
 
 
 def _transposed(operand: str) -> str:

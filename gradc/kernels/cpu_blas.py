@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .blas import _NO_TRANS, _TRANS
+
 __all__ = ["BlasOperand", "gemm_call", "gemv_call"]
 
 
@@ -29,7 +31,7 @@ class BlasOperand:
 
     @property
     def flag(self) -> int:
-        return _CBLAS_TRANS if self.trans else _CBLAS_NO_TRANS
+        return _TRANS if self.trans else _NO_TRANS
 
     @property
     def stored(self) -> tuple[str, str]:
@@ -43,9 +45,6 @@ class BlasOperand:
         one_row = self.rows == "1"
         along_a_row = one_row != self.trans  # its entries are adjacent in memory
         return self.array, 1 if along_a_row else self.ld
-
-
-_CBLAS_NO_TRANS, _CBLAS_TRANS = 111, 112
 
 
 def gemm_call(

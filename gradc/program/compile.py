@@ -10,11 +10,10 @@ import numpy as np
 from ..derivation.reverse import derive_shared
 from ..errors import GradcError
 from ..graph.lower import lower
-from ..kernels.cpu import print_cpu
 from ..spec.layers import Sequential
 from ..spec.model import Spec
 from ..spec.optimizers import Optimizer
-from .program import Program
+from .program import Program, cpu_program
 
 __all__ = ["STRATEGIES", "TARGETS", "compile", "cpu_program"]
 
@@ -91,20 +90,6 @@ def compile(
             derive_seconds=derive_seconds,
         )
     return cpu_program(spec, graph, derivation, dtype, optimizer, derive_seconds)
-
-
-def cpu_program(spec, graph, derivation, dtype: str, optimizer, derive_seconds: float) -> Program:
-    """The CPU :class:`Program` of a derivation: its kernels printed in ``dtype``."""
-    return Program(
-        spec,
-        graph,
-        derivation,
-        print_cpu(derivation, dtype),
-        target="cpu",
-        dtype=dtype,
-        optimizer=optimizer,
-        derive_seconds=derive_seconds,
-    )
 
 
 def _dtype_name(dtype) -> str:

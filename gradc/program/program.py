@@ -32,7 +32,7 @@ from .history import History
 from .init import initial_values
 from .memory import zeroed_arrays
 
-__all__ = ["Program"]
+__all__ = ["Program", "cpu_program"]
 
 _STATUS = {
     1: "the loss became non-finite",
@@ -526,15 +526,9 @@ class Program:
         if found is None:
             start = time.perf_counter()
             derivation = derive_shared(self.graph, inputs=True)
-            found = Program(
-                self.spec,
-                self.graph,
-                derivation,
-                print_cpu(derivation, self.dtype.name),
-                target="cpu",
-                dtype=self.dtype.name,
-                optimizer=self.optimizer,
-                derive_seconds=time.perf_counter() - start,
+            seconds = time.perf_counter() - start
+            found = cpu_program(
+                self.spec, self.graph, derivation, self.dtype.name, self.optimizer, seconds
             )
             self._with_inputs = found
         return found
@@ -976,6 +970,20 @@ class Program:
         what = repr(net) if net is not None else f"{len(self.graph.params)} parameters"
         loss = getattr(self.spec.loss_fn, "__name__", None)
         return f"Program({what}{', ' + loss if loss else ''}, {self.strategy}, {self.target}, {self.dtype.name})"
+
+
+def cpu_program(spec, graph, derivation, dtype: str, optimizer, derive_seconds: float) -> Program:
+    """The CPU :class:`Program` of a derivation: its kernels printed in ``dtype``."""
+    return Program(
+        spec,
+        graph,
+        derivation,
+        print_cpu(derivation, dtype),
+        target="cpu",
+        dtype=dtype,
+        optimizer=optimizer,
+        derive_seconds=derive_seconds,
+    )
 
 
 def _finite(value: float, what: str) -> float:
